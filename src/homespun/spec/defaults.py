@@ -1,0 +1,120 @@
+"""The commented default spec that `homespun init` writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import tomlkit
+
+from .io import parse_spec
+from .models import DEFAULT_SYSTEM_PROMPT, Spec
+
+_TEMPLATE = """\
+# homespun spec: the whole configuration of your assistant.
+# Edit it by hand or let `homespun learning run` propose edits; every accepted edit is a
+# git commit in HOMESPUN_HOME/.git, so `homespun learning rollback` can undo it.
+# `homespun spec validate` checks this file; `homespun spec show` prints the effective spec.
+
+[intelligence]
+# Catalog name (`homespun models list`), a path to a .gguf file, or the backend's model id.
+model = "smollm2-135m"
+temperature = 0.0      # 0..2
+top_p = 0.95           # (0, 1]
+top_k = 40             # 0 disables top-k
+max_tokens = 256       # completion cap per model call
+repeat_penalty = 1.1   # 1.0 = off
+seed = 42              # -1 = random per call
+
+[engine]
+# embedded (in-process llama.cpp) | ollama | openai_compatible | anthropic | openai
+backend = "embedded"
+base_url = ""          # server URL for ollama / openai_compatible (vLLM, llama-server, LM Studio)
+api_key_env = ""       # NAME of the environment variable holding the API key (never the key)
+context_length = 4096
+threads = 0            # 0 = all cores
+parallel = 1           # parallel decoding slots (embedded)
+# native: the backend's tool-calling API; constrained_json: JSON-schema constrained decoding
+# over the bound tools, so even a tiny model emits a well-formed call or a final answer.
+tool_call_format = "constrained_json"
+timeout_s = 300.0
+
+[agent]
+loop = "react"         # simple | react | plan_execute
+system_prompt = {system_prompt}
+max_turns = 6          # model calls per question
+tool_policy = "auto"   # auto | required_first | none
+max_plan_steps = 4     # plan_execute only
+# few_shot = [{{ user = "What is 2 + 2?", assistant = "4" }}]
+# verifiers = [{{ kind = "non_empty", feedback = "Give a final answer." }}]
+
+[memory]
+backend = "sqlite_fts5"
+top_k = 5              # memories returned per search
+
+# Tool servers. The descriptions below are exactly what the model is shown.
+# Add your own MCP servers, e.g.
+#   [[tools.servers]]
+#   name = "weather"
+#   kind = "stdio"                # or "http" with url = "https://..." and headers
+#   command = "uvx"
+#   args = ["some-mcp-server"]
+#   env = {{ API_KEY = "${{WEATHER_API_KEY}}" }}   # read from your environment
+#   enabled = ["*"]
+[[tools.servers]]
+name = "core"
+kind = "builtin"
+builtin = "core"
+enabled = ["*"]
+sensitive = false
+
+[tools.servers.descriptions]
+{descriptions}
+
+[learning]
+teacher = ""           # e.g. "anthropic:claude-opus-4-6"; empty = rule-based diagnoser
+proposer = "random"    # llm | random | evolutionary
+
+[learning.gate]
+eps = 0.01             # max regression allowed on any other failure cluster
+subsample = 50
+seed = 0
+repeats = 1
+
+[learning.loop]
+stagnation_k = 5
+stagnation_eps = 0.01
+max_sessions = 20
+
+[learning.budgets]
+max_cost_per_session_usd = 5.0
+max_total_cost_usd = 50.0
+max_tool_calls_per_diagnosis = 30
+max_proposals_per_session = 4
+
+[learning.privacy]
+scrub_pii = true
+min_feedback = 0.7
+
+[learning.reward]
+alpha = 0.5
+beta = 0.1
+gamma = 0.1
+delta = 0.3
+"""
+
+
+def default_spec_text(core_descriptions: Mapping[str, str]) -> str:
+    """The commented default spec, with the built-in tools' descriptions written out."""
+    descriptions = "\n".join(
+        f"{name} = {tomlkit.string(text).as_string()}" for name, text in core_descriptions.items()
+    )
+    text = _TEMPLATE.format(
+        system_prompt=tomlkit.string(DEFAULT_SYSTEM_PROMPT).as_string(),
+        descriptions=descriptions,
+    )
+    parse_spec(text, "<default spec>")  # the template must always be a valid spec
+    return text
+
+
+def default_spec(core_descriptions: Mapping[str, str]) -> Spec:
+    return parse_spec(default_spec_text(core_descriptions), "<default spec>")
