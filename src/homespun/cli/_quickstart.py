@@ -1,0 +1,70 @@
+"""`homespun quickstart`: the first thing a newcomer runs, offline, on the embedded model."""
+
+from __future__ import annotations
+
+import time
+
+from rich.rule import Rule
+
+from homespun.home import init_home
+
+from . import _render
+from ._common import console, current_spec, fail, run_async, settings
+
+QUESTIONS = (
+    "What is 37 * 41? Use the calculator.",
+    "Remember that my sister's birthday is on May 3.",
+)
+
+
+def run_quickstart() -> None:
+    from homespun.engines.catalog import ModelNotAvailable, pull_model, resolve_model_path
+    from homespun.graphs.runner import run_assistant
+
+    st = settings()
+    started = time.perf_counter()
+    console.print(Rule("homespun quickstart"))
+    console.print(f"Home: [bold]{st.home}[/]  (set HOMESPUN_HOME to use another folder)")
+
+    # 1. A spec. An existing one is used as it is: the quickstart never edits your spec.
+    result = init_home(st)
+    console.print(("Created" if result.created_spec else "Using") + f" spec {result.spec_path}")
+    spec = current_spec(st)
+
+    # 2. The model, if the spec runs one locally from the catalog.
+    if spec.engine.backend == "embedded":
+        try:
+            path = resolve_model_path(spec.intelligence.model, st.models_path)
+            console.print(f"Model: {path.name} (already pulled)")
+        except ModelNotAvailable:
+            console.print(f"Pulling model [bold]{spec.intelligence.model}[/] (once)…")
+            try:
+                path = pull_model(spec.intelligence.model, st.models_path)
+            except Exception as exc:  # network, hash mismatch: say it and stop
+                fail(f"could not pull {spec.intelligence.model}: {exc}")
+        console.print(f"Engine: embedded llama.cpp on loopback, "
+                      f"tool calls as {spec.engine.tool_call_format}")
+
+    # 3. Questions that need MCP tools.
+    traces = []
+    for question in QUESTIONS:
+        console.print(Rule(f"ask: {question}"))
+        with console.status("the assistant is working…"):
+            res = run_async(run_assistant(spec, st, question, source="quickstart"))
+        for part in _render.trace_view(res.trace):
+            console.print(part)
+        traces.append(res.trace)
+
+    # 4. What happened, honestly.
+    console.print(Rule("summary"))
+    mcp_calls = sum(len(t.tool_calls) for t in traces)
+    ok = sum(t.status == "ok" for t in traces)
+    console.print(f"{ok}/{len(traces)} runs finished, {mcp_calls} tool call(s) went through "
+                  f"MCP, in {time.perf_counter() - started:.1f} s.")
+    if spec.intelligence.model == "smollm2-135m":
+        console.print("[dim]The default model is tiny (135M parameters): it calls tools "
+                      "reliably under constrained decoding but often gets facts wrong. That "
+                      "is the gap spec search is for.[/]")
+    console.print("Spec search (`homespun learning run`) is not part of this release yet.")
+    console.print("Next: [bold]homespun chat[/] · [bold]homespun traces list[/] · "
+                  "[bold]homespun spec show[/]")

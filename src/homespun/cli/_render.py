@@ -1,0 +1,80 @@
+"""Rich views of traces and specs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from homespun.learning.traces import Trace
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _clip(text: str | None, n: int) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def traces_table(traces: list[Trace]) -> Table:
+    table = Table(title="Traces (newest first)")
+    for col in ("id", "when", "status", "tools", "feedback", "query", "answer / error"):
+        table.add_column(col, overflow="fold")
+    for t in traces:
+        style = {"ok": "green", "error": "red"}.get(t.status, "yellow")
+        table.add_row(
+            t.id,
+            _when(t.created_at),
+            Text(t.status, style=style),
+            str(len(t.tool_calls)) if t.tool_calls else "",
+            "" if t.feedback is None else f"{t.feedback:g}",
+            _clip(t.query, 40),
+            _clip(t.final_answer if t.status == "ok" else t.error, 50),
+        )
+    return table
+
+
+def trace_view(t: Trace) -> list:
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    status = Text(t.status, style={"ok": "green", "error": "red"}.get(t.status, "yellow"))
+    rows = [
+        ("trace", t.id),
+        ("when", _when(t.created_at)),
+        ("status", status),
+        ("query", t.query),
+        ("spec", f"{t.spec_hash}  ({t.loop} loop, {t.backend}: {t.model})"),
+        ("thread", t.thread_id),
+        ("latency", f"{t.latency_s:.2f} s" if t.latency_s is not None else "—"),
+        ("tokens", f"{t.prompt_tokens} prompt + {t.completion_tokens} completion "
+                   f"in {t.model_calls} model call(s)"),
+        ("feedback", "—" if t.feedback is None else f"{t.feedback:g}"),
+    ]
+    if t.sensitive:
+        rows.append(("sensitive", "yes (never sent to a teacher)"))
+    for k, v in rows:
+        head.add_row(k, v)
+    out: list = [head]
+    if t.tool_calls:
+        calls = Table(title="Tool calls (through MCP)")
+        for col in ("#", "server", "tool", "arguments", "result / error", "s"):
+            calls.add_column(col, overflow="fold")
+        for i, c in enumerate(t.tool_calls, 1):
+            outcome = Text(_clip(c.error, 60), style="red") if c.error else _clip(c.result, 60)
+            calls.add_row(str(i), c.server or "", c.name,
+                          json.dumps(c.arguments, ensure_ascii=False), outcome,
+                          f"{c.latency_s:.3f}" if c.latency_s is not None else "")
+        out.append(calls)
+    else:
+        out.append(Text("No tool calls.", style="dim"))
+    if t.status == "ok":
+        out.append(Panel(t.final_answer or "", title="answer", border_style="green"))
+    if t.error:
+        out.append(Panel(t.error, title="error", border_style="red"))
+    return out

@@ -1,0 +1,165 @@
+"""One chat model per spec, whatever the backend.
+
+Every generation field of `[intelligence]` is passed to the backend under the name that
+backend uses. A few backends have no equivalent for a field (OpenAI's API has no top_k or
+repeat_penalty; Anthropic's has no seed or repeat penalty): those are listed by
+`unsupported_fields` so the CLI can say so instead of pretending they took effect.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from homespun.spec import Settings, Spec
+
+from .tool_calls import ToolCallingChatModel
+
+# Fields each backend cannot express, and why the CLI shows a note about them.
+_UNSUPPORTED: dict[str, tuple[str, ...]] = {
+    "embedded": (),
+    "openai_compatible": (),
+    "ollama": (),
+    "openai": ("top_k", "repeat_penalty"),
+    "anthropic": ("seed", "repeat_penalty"),
+}
+
+
+class EngineConfigError(ValueError):
+    """The spec asks for an engine that cannot be built here (missing key, extra, model)."""
+
+
+def unsupported_fields(spec: Spec) -> tuple[str, ...]:
+    return _UNSUPPORTED[spec.engine.backend]
+
+
+def _api_key(spec: Spec, fallback_env: str, required: bool) -> str | None:
+    env_name = spec.engine.api_key_env or fallback_env
+    key = os.environ.get(env_name) if env_name else None
+    if required and not key:
+        raise EngineConfigError(
+            f"engine.backend = {spec.engine.backend!r} needs an API key: set the environment "
+            f"variable {env_name} (or name another one in engine.api_key_env)"
+        )
+    return key
+
+
+def _seed(spec: Spec) -> int | None:
+    return None if spec.intelligence.seed < 0 else spec.intelligence.seed
+
+
+def _openai_style(spec: Spec, *, base_url: str | None, api_key: str, model: str,
+                  llama_extras: bool) -> BaseChatModel:
+    from langchain_openai import ChatOpenAI
+
+    intel = spec.intelligence
+    extra_body: dict[str, Any] = {}
+    if llama_extras:
+        # llama.cpp server and vLLM read these from the request body.
+        extra_body = {"top_k": intel.top_k, "repeat_penalty": intel.repeat_penalty}
+    return ChatOpenAI(
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        temperature=intel.temperature,
+        top_p=intel.top_p,
+        max_tokens=intel.max_tokens,
+        seed=_seed(spec),
+        timeout=spec.engine.timeout_s,
+        max_retries=0,
+        stream_usage=True,
+        extra_body=extra_body or None,
+    )
+
+
+def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
+    """The raw backend chat model, without tool-call handling."""
+    backend = spec.engine.backend
+    intel = spec.intelligence
+    if backend == "embedded":
+        from .catalog import resolve_model_path
+        from .embedded import get_embedded_server
+
+        path = resolve_model_path(intel.model, settings.models_path)
+        server = get_embedded_server(
+            path,
+            n_ctx=spec.engine.context_length,
+            threads=spec.engine.threads,
+            parallel=spec.engine.parallel,
+            log_file=settings.logs_dir / "engine.log",
+        )
+        return _openai_style(
+            spec, base_url=server.base_url, api_key=server.api_key, model=path.stem,
+            llama_extras=True,
+        )
+    if backend == "openai_compatible":
+        key = _api_key(spec, "", required=False) or "not-needed"
+        return _openai_style(
+            spec, base_url=spec.engine.base_url, api_key=key, model=intel.model, llama_extras=True
+        )
+    if backend == "openai":
+        key = _api_key(spec, "OPENAI_API_KEY", required=True)
+        return _openai_style(
+            spec, base_url=spec.engine.base_url or None, api_key=key, model=intel.model,
+            llama_extras=False,
+        )
+    if backend == "ollama":
+        try:
+            from langchain_ollama import ChatOllama
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise EngineConfigError(
+                "engine.backend = 'ollama' needs the ollama extra: pip install 'homespun[ollama]'"
+            ) from exc
+        return ChatOllama(
+            model=intel.model,
+            base_url=spec.engine.base_url or None,
+            temperature=intel.temperature,
+            top_p=intel.top_p,
+            top_k=intel.top_k,
+            num_predict=intel.max_tokens,
+            repeat_penalty=intel.repeat_penalty,
+            seed=_seed(spec),
+            num_ctx=spec.engine.context_length,
+            num_thread=spec.engine.threads or None,
+            client_kwargs={"timeout": spec.engine.timeout_s},
+        )
+    if backend == "anthropic":
+        try:
+            from langchain_anthropic import ChatAnthropic
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise EngineConfigError(
+                "engine.backend = 'anthropic' needs the anthropic extra: "
+                "pip install 'homespun[anthropic]'"
+            ) from exc
+        key = _api_key(spec, "ANTHROPIC_API_KEY", required=True)
+        kwargs: dict[str, Any] = {}
+        if spec.engine.base_url:
+            kwargs["base_url"] = spec.engine.base_url
+        return ChatAnthropic(
+            model=intel.model,
+            api_key=key,
+            temperature=intel.temperature,
+            top_p=intel.top_p,
+            top_k=intel.top_k,
+            max_tokens=intel.max_tokens,
+            timeout=spec.engine.timeout_s,
+            max_retries=0,
+            **kwargs,
+        )
+    raise EngineConfigError(f"engine.backend {backend!r} is not known")  # pragma: no cover
+
+
+def build_chat_model(spec: Spec, settings: Settings) -> ToolCallingChatModel:
+    """The chat model the assistant uses: backend + the spec's tool-call format."""
+    inner = build_backend_model(spec, settings)
+    transport = {
+        "ollama": "ollama_format",
+        "anthropic": "none",
+    }.get(spec.engine.backend, "openai_response_format")
+    return ToolCallingChatModel(
+        inner=inner,
+        tool_call_format=spec.engine.tool_call_format,
+        json_transport=transport,
+    )

@@ -1,0 +1,58 @@
+"""HOMESPUN_HOME: create it, and load the spec it holds."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from homespun.spec import Settings, Spec, load_spec
+from homespun.spec.defaults import default_spec_text
+from homespun.spec.io import atomic_write
+
+
+@dataclass
+class InitResult:
+    spec_path: Path
+    created_spec: bool
+    created_repo: bool
+
+
+def _git(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "-C", str(home), *args], capture_output=True, text=True, check=False
+    )
+
+
+def init_home(settings: Settings, *, force: bool = False) -> InitResult:
+    """Create HOMESPUN_HOME with a commented default spec under git (the checkpoint repo).
+
+    An existing spec is never overwritten unless `force` is given.
+    """
+    from homespun.mcp_servers.core import CORE_TOOL_DESCRIPTIONS
+
+    home = settings.home.expanduser()
+    for sub in ("workspace", "models", "logs", "learning"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    spec_path = settings.spec_path
+    created_spec = False
+    if force or not spec_path.exists():
+        atomic_write(spec_path, default_spec_text(CORE_TOOL_DESCRIPTIONS))
+        created_spec = True
+    created_repo = False
+    if spec_path.parent == home and not (home / ".git").exists():
+        _git(home, "init", "-q")
+        atomic_write(home / ".gitignore", "*\n!spec.toml\n!.gitignore\n")
+        created_repo = True
+    if spec_path.parent == home and (home / ".git").exists():
+        _git(home, "add", "spec.toml", ".gitignore")
+        if _git(home, "diff", "--cached", "--quiet").returncode != 0:
+            _git(
+                home, "-c", "user.name=homespun", "-c", "user.email=homespun@localhost",
+                "commit", "-q", "-m", "Initial spec (homespun init)",
+            )
+    return InitResult(spec_path, created_spec, created_repo)
+
+
+def load_current_spec(settings: Settings) -> Spec:
+    return load_spec(settings.spec_path)

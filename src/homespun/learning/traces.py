@@ -1,0 +1,255 @@
+"""Every run of the assistant leaves a trace in HOMESPUN_HOME/traces.db.
+
+A trace row is written *before* the run starts (status 'running') and completed after, so a
+run that crashes the process is still visible, and a run that fails is recorded as failed
+rather than missing. A database that cannot be opened or written raises: evaluations must
+never silently lose their failures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+TraceStatus = Literal["running", "ok", "error"]
+
+
+@dataclass
+class ToolCallRecord:
+    name: str
+    arguments: dict[str, Any]
+    result: str | None = None
+    error: str | None = None
+    server: str | None = None
+    latency_s: float | None = None
+
+
+@dataclass
+class Trace:
+    id: str
+    created_at: float
+    query: str
+    spec_hash: str
+    thread_id: str
+    loop: str
+    model: str
+    backend: str
+    status: TraceStatus = "running"
+    final_answer: str | None = None
+    error: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    latency_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_calls: int = 0
+    feedback: float | None = None
+    sensitive: bool = False
+    source: str = "cli"
+
+
+class TraceStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        if "traces" not in self.db.table_names():
+            self.db["traces"].create(
+                {
+                    "id": str,
+                    "created_at": float,
+                    "query": str,
+                    "spec_hash": str,
+                    "thread_id": str,
+                    "loop": str,
+                    "model": str,
+                    "backend": str,
+                    "status": str,
+                    "final_answer": str,
+                    "error": str,
+                    "messages": str,
+                    "latency_s": float,
+                    "prompt_tokens": int,
+                    "completion_tokens": int,
+                    "model_calls": int,
+                    "feedback": float,
+                    "sensitive": int,
+                    "source": str,
+                },
+                pk="id",
+            )
+            self.db["traces"].create_index(["created_at"])
+            self.db["traces"].create_index(["spec_hash"])
+        if "tool_calls" not in self.db.table_names():
+            self.db["tool_calls"].create(
+                {
+                    "trace_id": str,
+                    "idx": int,
+                    "name": str,
+                    "server": str,
+                    "arguments": str,
+                    "result": str,
+                    "error": str,
+                    "latency_s": float,
+                },
+                pk=("trace_id", "idx"),
+                foreign_keys=[("trace_id", "traces", "id")],
+            )
+
+    # ------------------------------------------------------------------ writing
+
+    def start(self, *, query: str, spec_hash: str, thread_id: str, loop: str, model: str,
+              backend: str, source: str = "cli") -> Trace:
+        trace = Trace(
+            id=uuid.uuid4().hex[:12],
+            created_at=time.time(),
+            query=query,
+            spec_hash=spec_hash,
+            thread_id=thread_id,
+            loop=loop,
+            model=model,
+            backend=backend,
+            source=source,
+        )
+        self.db["traces"].insert(self._row(trace))
+        return trace
+
+    def finish(self, trace: Trace) -> None:
+        with self.db.conn:
+            self.db["traces"].upsert(self._row(trace), pk="id")
+            self.db["tool_calls"].delete_where("trace_id = ?", [trace.id])
+            self.db["tool_calls"].insert_all(
+                {
+                    "trace_id": trace.id,
+                    "idx": i,
+                    "name": c.name,
+                    "server": c.server,
+                    "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                    "result": c.result,
+                    "error": c.error,
+                    "latency_s": c.latency_s,
+                }
+                for i, c in enumerate(trace.tool_calls)
+            )
+
+    def set_feedback(self, trace_id: str, score: float) -> None:
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"feedback must be between 0 and 1, got {score}")
+        trace_id = self.resolve_id(trace_id)
+        self.db["traces"].update(trace_id, {"feedback": score})
+
+    @staticmethod
+    def _row(trace: Trace) -> dict[str, Any]:
+        return {
+            "id": trace.id,
+            "created_at": trace.created_at,
+            "query": trace.query,
+            "spec_hash": trace.spec_hash,
+            "thread_id": trace.thread_id,
+            "loop": trace.loop,
+            "model": trace.model,
+            "backend": trace.backend,
+            "status": trace.status,
+            "final_answer": trace.final_answer,
+            "error": trace.error,
+            "messages": json.dumps(trace.messages, ensure_ascii=False, default=str),
+            "latency_s": trace.latency_s,
+            "prompt_tokens": trace.prompt_tokens,
+            "completion_tokens": trace.completion_tokens,
+            "model_calls": trace.model_calls,
+            "feedback": trace.feedback,
+            "sensitive": int(trace.sensitive),
+            "source": trace.source,
+        }
+
+    # ------------------------------------------------------------------ reading
+
+    def resolve_id(self, prefix: str) -> str:
+        """Accept a unique id prefix, like git does."""
+        rows = list(
+            self.db.query("select id from traces where id like ? limit 2", [prefix + "%"])
+        )
+        if not rows:
+            raise KeyError(f"no trace with id {prefix!r} (see `homespun traces list`)")
+        if len(rows) > 1:
+            raise KeyError(f"trace id prefix {prefix!r} is ambiguous; give more characters")
+        return rows[0]["id"]
+
+    def get(self, trace_id: str) -> Trace:
+        trace_id = self.resolve_id(trace_id)
+        row = self.db["traces"].get(trace_id)
+        calls = [
+            ToolCallRecord(
+                name=r["name"],
+                arguments=json.loads(r["arguments"] or "{}"),
+                result=r["result"],
+                error=r["error"],
+                server=r["server"],
+                latency_s=r["latency_s"],
+            )
+            for r in self.db.query(
+                "select * from tool_calls where trace_id = ? order by idx", [trace_id]
+            )
+        ]
+        return self._trace(row, calls)
+
+    def list(self, limit: int = 20, status: str | None = None) -> list[Trace]:
+        where, args = ("where status = ?", [status]) if status else ("", [])
+        rows = self.db.query(
+            f"select * from traces {where} order by created_at desc limit ?", [*args, limit]
+        )
+        return [self._trace(r, None) for r in rows]
+
+    def count(self) -> int:
+        return self.db["traces"].count
+
+    @staticmethod
+    def _trace(row: dict[str, Any], calls: list[ToolCallRecord] | None) -> Trace:
+        return Trace(
+            id=row["id"],
+            created_at=row["created_at"],
+            query=row["query"],
+            spec_hash=row["spec_hash"],
+            thread_id=row["thread_id"],
+            loop=row["loop"],
+            model=row["model"],
+            backend=row["backend"],
+            status=row["status"],
+            final_answer=row["final_answer"],
+            error=row["error"],
+            messages=json.loads(row["messages"] or "[]"),
+            tool_calls=calls or [],
+            latency_s=row["latency_s"],
+            prompt_tokens=row["prompt_tokens"] or 0,
+            completion_tokens=row["completion_tokens"] or 0,
+            model_calls=row["model_calls"] or 0,
+            feedback=row["feedback"],
+            sensitive=bool(row["sensitive"]),
+            source=row["source"] or "",
+        )
+
+
+def parse_feedback(value: str) -> float:
+    """'up' -> 1.0, 'down' -> 0.0, or a number in [0, 1]."""
+    lowered = value.strip().lower()
+    if lowered in ("up", "+", "good", "yes"):
+        return 1.0
+    if lowered in ("down", "-", "bad", "no"):
+        return 0.0
+    try:
+        score = float(lowered)
+    except ValueError:
+        raise ValueError(f"feedback must be 'up', 'down' or a number 0..1, got {value!r}") from None
+    if not 0.0 <= score <= 1.0:
+        raise ValueError(f"feedback must be between 0 and 1, got {score}")
+    return score
