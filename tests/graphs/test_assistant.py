@@ -1,0 +1,171 @@
+"""The three loops, driven by a scripted chat model: what the user sees in the trace."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.tools import tool
+
+from homespun.engines.testing import ScriptedChatModel, tool_call
+from homespun.graphs.assistant import parse_plan
+from homespun.graphs.runner import run_assistant
+from homespun.learning.traces import TraceStore
+from homespun.spec import FewShotExample, Spec, VerifierSpec
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Multiply two numbers written as 'a * b'."""
+    a, b = (int(x) for x in expression.split("*"))
+    return str(a * b)
+
+
+def spec_with(loop: str = "react", **agent) -> Spec:
+    spec = Spec()
+    spec.agent.loop = loop
+    for k, v in agent.items():
+        setattr(spec.agent, k, v)
+    return spec
+
+
+async def test_simple_loop_makes_one_call_without_tools(settings):
+    model = ScriptedChatModel(script=["Hello!"])
+    res = await run_assistant(spec_with("simple"), settings, "hi", model=model,
+                              tools=[calculator])
+    assert res.trace.status == "ok" and res.answer == "Hello!"
+    assert len(model.calls) == 1
+    assert model.calls[0]["tools"] == []  # the simple loop offers no tools
+
+
+async def test_react_loop_calls_tool_then_answers(settings):
+    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"}),
+                                      "37 * 41 = 1517"])
+    res = await run_assistant(spec_with("react"), settings, "37*41?", model=model,
+                              tools=[calculator])
+    t = res.trace
+    assert t.status == "ok" and t.final_answer == "37 * 41 = 1517"
+    assert [(c.name, c.arguments, c.result) for c in t.tool_calls] == [
+        ("calculator", {"expression": "37 * 41"}, "1517")
+    ]
+    # the second call saw the tool's result
+    assert "1517" in str(model.calls[1]["messages"][-1].content)
+    assert t.model_calls == 2 and t.prompt_tokens == 20 and t.completion_tokens == 10
+    # and the trace is on disk, not only in memory
+    assert TraceStore(settings.traces_db).get(t.id).tool_calls[0].result == "1517"
+
+
+async def test_react_loop_stops_at_max_turns_and_records_an_error(settings):
+    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "1 * 1"})] * 3)
+    res = await run_assistant(spec_with("react", max_turns=3), settings, "loop forever",
+                              model=model, tools=[calculator])
+    assert res.trace.status == "error"
+    assert "turn limit" in res.trace.error
+    assert len(model.calls) == 3
+
+
+async def test_unknown_tool_and_bad_arguments_reach_the_model_as_errors(settings):
+    model = ScriptedChatModel(script=[
+        tool_call("weather", {"city": "Oslo"}),
+        tool_call("calculator", {"wrong": 1}),
+        "sorry",
+    ])
+    res = await run_assistant(spec_with("react"), settings, "q", model=model, tools=[calculator])
+    first, second = res.trace.tool_calls
+    assert "unknown tool 'weather'" in first.error and "calculator" in first.error
+    assert second.error and second.result is None
+    assert res.trace.status == "ok"
+
+
+async def test_plan_execute_plans_runs_each_step_then_answers(settings):
+    model = ScriptedChatModel(script=[
+        "1. Multiply with the calculator\n2. Report the product",
+        tool_call("calculator", {"expression": "6 * 7"}),
+        "The product is 42.",
+        "Reported.",
+        "42",
+    ])
+    res = await run_assistant(spec_with("plan_execute"), settings, "6*7?", model=model,
+                              tools=[calculator])
+    assert res.trace.status == "ok" and res.answer == "42"
+    assert [c.result for c in res.trace.tool_calls] == ["42"]
+    plan_call, step1, _, step2, answer = model.calls
+    assert plan_call["tools"] == [] and answer["tools"] == []
+    assert step1["tools"] == ["calculator"]
+    assert "step 1 of 2" in step1["messages"][-1].content
+    assert "step 2 of 2" in step2["messages"][-1].content
+
+
+def test_parse_plan_handles_numbers_bullets_and_prose():
+    assert parse_plan("1. a\n2) b\n- c\nnoise", 5) == ["a", "b", "c"]
+    assert parse_plan("just do it", 5) == ["just do it"]
+    assert parse_plan("1. a\n2. b\n3. c", 2) == ["a", "b"]
+
+
+async def test_system_prompt_and_few_shot_come_from_the_spec(settings):
+    spec = spec_with("simple", system_prompt="You are a pirate.",
+                     few_shot=[FewShotExample(user="2+2?", assistant="4, arr")])
+    model = ScriptedChatModel(script=["Arr"])
+    await run_assistant(spec, settings, "hi", model=model, tools=[])
+    sent = model.calls[0]["messages"]
+    assert isinstance(sent[0], SystemMessage) and sent[0].content == "You are a pirate."
+    assert [m.content for m in sent[1:]] == ["2+2?", "4, arr", "hi"]
+
+
+async def test_tool_policy_required_first_and_none(settings):
+    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "2 * 2"}), "4"])
+    await run_assistant(spec_with("react", tool_policy="required_first"), settings, "2*2",
+                        model=model, tools=[calculator])
+    assert [c["tool_choice"] for c in model.calls] == ["required", None]
+
+    model = ScriptedChatModel(script=["no tools here"])
+    await run_assistant(spec_with("react", tool_policy="none"), settings, "2*2", model=model,
+                        tools=[calculator])
+    assert model.calls[0]["tools"] == []
+
+
+async def test_verifier_sends_the_agent_back_once(settings):
+    spec = spec_with("react", verifiers=[VerifierSpec(kind="regex", pattern=r"\d+",
+                                                      feedback="Answer with a number.")])
+    model = ScriptedChatModel(script=["about forty", "42"])
+    res = await run_assistant(spec, settings, "6*7?", model=model, tools=[calculator])
+    assert res.answer == "42"
+    retry = model.calls[1]["messages"][-1]
+    assert isinstance(retry, HumanMessage) and retry.content == "Answer with a number."
+
+
+async def test_conversation_persists_on_a_thread(settings):
+    model = ScriptedChatModel(script=["Nice to meet you, Ada.",
+                                      lambda msgs: f"seen {sum(isinstance(m, HumanMessage) for m in msgs)}"])
+    spec = spec_with("simple")
+    await run_assistant(spec, settings, "I am Ada", model=model, tools=[], thread_id="t1")
+    res = await run_assistant(spec, settings, "Who am I?", model=model, tools=[],
+                              thread_id="t1")
+    assert res.answer == "seen 2"  # the first question came back from threads.db
+    assert settings.threads_db.exists()
+
+
+async def test_a_model_that_raises_leaves_an_error_trace(settings):
+    model = ScriptedChatModel(script=[])  # raises on the first call
+    res = await run_assistant(spec_with("react"), settings, "q", model=model, tools=[])
+    assert res.trace.status == "error" and "ran out of replies" in res.trace.error
+    stored = TraceStore(settings.traces_db).get(res.trace.id)
+    assert stored.status == "error" and stored.latency_s is not None
+
+
+async def test_streaming_delivers_answer_tokens_only(settings):
+    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "2 * 3"}),
+                                      "the answer is 6"])
+    tokens: list[str] = []
+    res = await run_assistant(spec_with("react"), settings, "2*3", model=model,
+                              tools=[calculator], on_token=tokens.append)
+    assert "".join(tokens) == "the answer is 6" == res.answer
+    assert len(tokens) > 1
+
+
+@pytest.mark.parametrize("loop", ["simple", "react", "plan_execute"])
+async def test_every_loop_records_a_trace_row(settings, loop):
+    script = {"simple": ["a"], "react": ["a"], "plan_execute": ["1. x", "done", "a"]}[loop]
+    res = await run_assistant(spec_with(loop), settings, "q",
+                              model=ScriptedChatModel(script=script), tools=[calculator])
+    row = TraceStore(settings.traces_db).get(res.trace.id)
+    assert row.loop == loop and row.status == "ok" and row.final_answer == "a"
