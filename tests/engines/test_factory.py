@@ -31,13 +31,25 @@ def _spec(backend: str, **engine) -> Spec:
     return spec
 
 
+_ANTHROPIC_REPLY = {
+    "id": "m", "type": "message", "role": "assistant", "model": "some-model",
+    "content": [{"type": "text", "text": "pong"}], "stop_reason": "end_turn",
+    "usage": {"input_tokens": 3, "output_tokens": 2},
+}
+
+
 class _OpenAIStub(BaseHTTPRequestHandler):
+    """A loopback stand-in for OpenAI-style and Anthropic HTTP APIs (their SDKs use httpx2,
+    which respx does not patch)."""
+
     bodies: list[dict] = []
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append({"body": body, "auth": self.headers.get("Authorization")})
-        reply = {
+        type(self).bodies.append({"body": body, "auth": self.headers.get("Authorization"),
+                                  "x-api-key": self.headers.get("x-api-key"),
+                                  "path": self.path, "headers": dict(self.headers)})
+        reply = _ANTHROPIC_REPLY if self.path.endswith("/messages") else {
             "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": '{"answer": "pong"}'}}],
@@ -71,8 +83,8 @@ def test_openai_compatible_request_carries_every_generation_field(settings, open
     assert reply.content == "pong"
     body = bodies[0]["body"]
     assert body["model"] == "some-model"
-    assert (body["temperature"], body["top_p"], body["max_tokens"], body["seed"]) == (
-        0.3, 0.8, 99, 7)
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    assert (body["temperature"], body["top_p"], max_tokens, body["seed"]) == (0.3, 0.8, 99, 7)
     assert (body["top_k"], body["repeat_penalty"]) == (17, 1.3)
     assert body["response_format"]["type"] == "json_schema"  # constrained_json by default
 
@@ -111,19 +123,18 @@ def test_ollama_request_carries_every_generation_field(settings):
     assert body["format"]["anyOf"]  # the constrained-json schema goes in Ollama's `format`
 
 
-@respx.mock
-def test_anthropic_request_carries_its_generation_fields(settings, monkeypatch):
+def test_anthropic_request_carries_its_generation_fields(settings, openai_stub, monkeypatch):
+    url, bodies = openai_stub
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    route = respx.post("https://api.anthropic.com/v1/messages").mock(return_value=httpx.Response(
-        200, json={"id": "m", "type": "message", "role": "assistant", "model": "some-model",
-                   "content": [{"type": "text", "text": "pong"}], "stop_reason": "end_turn",
-                   "usage": {"input_tokens": 3, "output_tokens": 2}}))
-    spec = _spec("anthropic", tool_call_format="native")
+    spec = _spec("anthropic", tool_call_format="native", base_url=url.removesuffix("/v1"))
     assert build_chat_model(spec, settings).invoke("ping").content == "pong"
-    body = json.loads(route.calls[0].request.content)
+    body = bodies[0]["body"]
+    assert bodies[0]["path"] == "/v1/messages"
     assert (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"]) == (
         0.3, 0.8, 17, 99)
-    assert route.calls[0].request.headers["x-api-key"] == "sk-ant-test"
+    # anthropic 2.x sends the key as a bearer token, 1.x as x-api-key
+    assert "sk-ant-test" in (bodies[0]["x-api-key"], (bodies[0]["auth"] or "").removeprefix(
+        "Bearer "))
     assert unsupported_fields(spec) == ("seed", "repeat_penalty")
 
 
