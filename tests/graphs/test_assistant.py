@@ -169,3 +169,21 @@ async def test_every_loop_records_a_trace_row(settings, loop):
                               model=ScriptedChatModel(script=script), tools=[calculator])
     row = TraceStore(settings.traces_db).get(res.trace.id)
     assert row.loop == loop and row.status == "ok" and row.final_answer == "a"
+
+
+async def test_repeat_guard_asks_for_the_answer_instead_of_rerunning_a_tool(settings):
+    again = tool_call("calculator", {"expression": "37 * 41"})
+    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"}),
+                                      again, "1517"])
+    res = await run_assistant(spec_with("react"), settings, "37*41?", model=model,
+                              tools=[calculator])
+    assert res.trace.status == "ok" and res.answer == "1517"
+    assert len(res.trace.tool_calls) == 1  # the repeat was not run
+    last = model.calls[2]
+    assert last["tools"] == [] and "Do not call it again" in last["messages"][-1].content
+    assert res.trace.completion_tokens == 15  # the discarded repeat's tokens still count
+
+    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"})] * 3)
+    res = await run_assistant(spec_with("react", repeat_guard=False, max_turns=3), settings,
+                              "37*41?", model=model, tools=[calculator])
+    assert res.trace.status == "error" and len(res.trace.tool_calls) == 3

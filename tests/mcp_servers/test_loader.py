@@ -48,6 +48,7 @@ async def test_stdio_server_from_spec_is_called_by_react_with_overridden_descrip
         settings, monkeypatch):
     monkeypatch.setenv("SHOUT_SUFFIX_SECRET", "!")
     spec = Spec()
+    spec.agent.repeat_guard = False  # counter() is called twice on purpose
     spec.tools.servers.append(shout_server(
         descriptions={"shout": "Makes text loud. Use it for greetings."},
         env={"SHOUT_SUFFIX": "${SHOUT_SUFFIX_SECRET}"},

@@ -173,17 +173,24 @@ def ask(
 @app.command()
 def chat(thread: Annotated[str | None, typer.Option(help="Resume this thread.")] = None):
     """Talk with the assistant; answers stream token by token. Ctrl-D or /exit ends."""
-    from homespun.graphs.runner import run_assistant
-
     st = settings()
     spec = current_spec(st)
     _note_unsupported(spec)
     thread_id = thread or uuid.uuid4().hex[:12]
     console.print(f"[dim]thread {thread_id} · {spec.agent.loop} loop · "
                   f"{spec.engine.backend}: {spec.intelligence.model} · /exit to leave[/]")
+    run_async(_chat_loop(spec, st, thread_id))
+
+
+async def _chat_loop(spec, st, thread_id: str) -> None:
+    # One event loop for the whole conversation: the engine's HTTP client is bound to it.
+    import asyncio
+
+    from homespun.graphs.runner import run_assistant
+
     while True:
         try:
-            question = console.input("[bold cyan]you>[/] ").strip()
+            question = (await asyncio.to_thread(console.input, "[bold cyan]you>[/] ")).strip()
         except (EOFError, KeyboardInterrupt):
             console.print()
             break
@@ -198,8 +205,8 @@ def chat(thread: Annotated[str | None, typer.Option(help="Resume this thread.")]
             streamed.append(tok)
             console.print(tok, end="", markup=False, highlight=False)
 
-        result = run_async(run_assistant(spec, st, question, thread_id=thread_id,
-                                         on_token=on_token, source="chat"))
+        result = await run_assistant(spec, st, question, thread_id=thread_id,
+                                     on_token=on_token, source="chat")
         t = result.trace
         if t.status == "ok" and not streamed:
             console.print(t.final_answer or "", end="", markup=False, highlight=False)

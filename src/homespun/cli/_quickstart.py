@@ -45,15 +45,20 @@ def run_quickstart() -> None:
         console.print(f"Engine: embedded llama.cpp on loopback, "
                       f"tool calls as {spec.engine.tool_call_format}")
 
-    # 3. Questions that need MCP tools.
-    traces = []
-    for question in QUESTIONS:
-        console.print(Rule(f"ask: {question}"))
-        with console.status("the assistant is working…"):
-            res = run_async(run_assistant(spec, st, question, source="quickstart"))
-        for part in _render.trace_view(res.trace):
-            console.print(part)
-        traces.append(res.trace)
+    # 3. Questions that need MCP tools, in one event loop: the engine's HTTP client is
+    # bound to the loop it was first used on.
+    async def ask_all() -> list:
+        traces = []
+        for question in QUESTIONS:
+            console.print(Rule(f"ask: {question}"))
+            with console.status("the assistant is working…"):
+                res = await run_assistant(spec, st, question, source="quickstart")
+            for part in _render.trace_view(res.trace):
+                console.print(part)
+            traces.append(res.trace)
+        return traces
+
+    traces = run_async(ask_all())
 
     # 4. What happened, honestly.
     console.print(Rule("summary"))

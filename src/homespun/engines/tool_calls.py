@@ -282,7 +282,7 @@ def build_reply_schema(tools: Sequence[dict[str, Any]], tool_choice: ToolChoice)
 
 def _catalog_text(tools: Sequence[dict[str, Any]], tool_choice: ToolChoice) -> str:
     active = list(tools) if tool_choice != "none" else []
-    answer_form = '{"answer": "<your reply to the user>"}'
+    answer_form = '{"answer": "..."}'
     if not active:
         return f"## How to reply\nReply with one JSON object and nothing else: {answer_form}"
     lines = ["## Tools", "You can call these tools:"]
@@ -290,9 +290,9 @@ def _catalog_text(tools: Sequence[dict[str, Any]], tool_choice: ToolChoice) -> s
         fn = _tool_function(tool)
         description = " ".join((fn.get("description") or "").split())
         lines.append(f"- {fn['name']}: {description}" if description else f"- {fn['name']}")
-        lines.append(f"  Arguments (JSON schema): {json.dumps(_tool_parameters(tool))}")
+        lines.append(f"  Arguments: {_compact_arguments(_tool_parameters(tool))}")
     lines += ["", "## How to reply", "Reply with one JSON object and nothing else."]
-    call_form = '{"tool": "<tool name>", "arguments": {<arguments for that tool>}}'
+    call_form = '{"tool": "...", "arguments": {...}}'
     if tool_choice == "required":
         lines.append(f"You must call one of the tools: {call_form}")
     else:
@@ -302,6 +302,24 @@ def _catalog_text(tools: Sequence[dict[str, Any]], tool_choice: ToolChoice) -> s
         'A tool\'s result comes back in a message that starts with "Tool <name> returned:".'
     )
     return "\n".join(lines)
+
+
+def _compact_arguments(params: dict[str, Any]) -> str:
+    """`{"expression": string}`: names and types only. Small models copy example text from
+    argument descriptions verbatim into their calls, so the catalog leaves those out (the
+    decoding grammar still enforces the full schema)."""
+    props = params.get("properties") or {}
+    if not props:
+        return "{} (none)"
+    required = set(params.get("required") or [])
+    parts = []
+    for name, prop in props.items():
+        kind = prop.get("type") or ("one of " + "/".join(map(str, prop["enum"]))
+                                    if "enum" in prop else "value")
+        if isinstance(kind, list):
+            kind = "/".join(map(str, kind))
+        parts.append(f'"{name}": {kind}' + ("" if name in required else " (optional)"))
+    return "{" + ", ".join(parts) + "}"
 
 
 def _text_of(content: Any) -> str:

@@ -47,6 +47,10 @@ STEP_INSTRUCTION = (
     "Carry out step {i} of {n} of your plan: {step}\n"
     "Call a tool if this step needs one; otherwise state the result of this step."
 )
+REPEAT_INSTRUCTION = (
+    "You already called {calls} and its result is above. Do not call it again: "
+    "give your final answer to the user's last message now."
+)
 ANSWER_INSTRUCTION = (
     "All steps are done. Now give your final answer to the user's last message, using the "
     "results above. Answer briefly and exactly."
@@ -200,7 +204,16 @@ def build_assistant_graph(
 
     async def call(runnable: Any, state: AssistantState, extra: str | None = None) -> dict:
         reply = await runnable.ainvoke(_prompt(agent, state["messages"], extra))
-        return {"messages": [reply], "turns": state.get("turns", 0) + 1}
+        turns = state.get("turns", 0) + 1
+        repeated = _repeated_calls(state, reply) if agent.repeat_guard else []
+        if repeated and turns < agent.max_turns:
+            # The result is already in the conversation: re-running the tool would only
+            # loop. Ask once more, without tools, for the answer.
+            instruction = REPEAT_INSTRUCTION.format(calls=", ".join(repeated))
+            answer_reply = await plain.ainvoke(_prompt(agent, state["messages"], instruction))
+            answer_reply.usage_metadata = _add_usage(reply, answer_reply)
+            return {"messages": [answer_reply], "turns": turns + 1}
+        return {"messages": [reply], "turns": turns}
 
     # ----- nodes
 
@@ -334,6 +347,37 @@ def _this_question(state: AssistantState) -> list[BaseMessage]:
         if isinstance(m, HumanMessage) and m.name != "verifier":
             return messages[i + 1 :]
     return list(messages)
+
+
+def _call_key(call: dict[str, Any]) -> str:
+    import json
+
+    return f"{call['name']}({json.dumps(call.get('args') or {}, sort_keys=True)})"
+
+
+def _repeated_calls(state: AssistantState, reply: Any) -> list[str]:
+    """Tool calls in `reply` that were already made, with a result, for this question."""
+    calls = getattr(reply, "tool_calls", None) or []
+    if not calls:
+        return []
+    answered = {m.tool_call_id for m in _this_question(state) if isinstance(m, ToolMessage)}
+    done = {
+        _call_key(c)
+        for m in _this_question(state)
+        if isinstance(m, AIMessage)
+        for c in m.tool_calls
+        if c.get("id") in answered
+    }
+    keys = [_call_key(c) for c in calls]
+    return keys if all(k in done for k in keys) else []
+
+
+def _add_usage(a: Any, b: Any) -> Any:
+    ua, ub = getattr(a, "usage_metadata", None), getattr(b, "usage_metadata", None)
+    if not ua or not ub:
+        return ub or ua
+    keys = ("input_tokens", "output_tokens", "total_tokens")
+    return {k: int(ua.get(k, 0) or 0) + int(ub.get(k, 0) or 0) for k in keys}
 
 
 def recursion_limit(spec: Spec) -> int:

@@ -418,7 +418,7 @@ def create_core_server(
     read_only = {"readOnlyHint": True, "openWorldHint": False}
 
     def calculator(
-        expression: Annotated[str, Field(description="Arithmetic, e.g. '(12.5 + 3) * 4'.")],
+        expression: Annotated[str, Field(description="The arithmetic to compute, written with numbers and operators.")],
     ) -> str:
         try:
             return calculate(expression)
@@ -438,7 +438,7 @@ def create_core_server(
         return datetime.now(_zone(timezone)).isoformat(timespec="seconds")
 
     def remember(
-        text: Annotated[str, Field(description="The fact to save, as a full sentence.")],
+        text: Annotated[str, Field(description="The fact to save.")],
         tags: Annotated[str, Field(description="Optional comma-separated labels.")] = "",
     ) -> str:
         try:

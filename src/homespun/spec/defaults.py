@@ -44,6 +44,7 @@ system_prompt = {system_prompt}
 max_turns = 6          # model calls per question
 tool_policy = "auto"   # auto | required_first | none
 max_plan_steps = 4     # plan_execute only
+repeat_guard = true    # a repeated identical tool call gets "answer now" instead of a rerun
 # few_shot = [{{ user = "What is 2 + 2?", assistant = "4" }}]
 # verifiers = [{{ kind = "non_empty", feedback = "Give a final answer." }}]
 

@@ -156,6 +156,11 @@ class AgentSpec(_Strict):
         "a tool; none: no tools are offered.",
     )
     max_plan_steps: int = Field(4, ge=1, le=20, description="Step cap for plan_execute.")
+    repeat_guard: bool = Field(
+        True,
+        description="When the model asks again for a tool call it already got the result of, "
+        "ask it for the final answer instead (small models otherwise loop until max_turns).",
+    )
     verifiers: list[VerifierSpec] = Field(default_factory=list)
 
 
