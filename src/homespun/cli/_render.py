@@ -23,13 +23,18 @@ def _clip(text: str | None, n: int) -> str:
 
 def traces_table(traces: list[Trace]) -> Table:
     table = Table(title="Traces (newest first)")
-    for col in ("id", "when", "status", "tools", "feedback", "query", "answer / error"):
-        table.add_column(col, overflow="fold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("when", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("tools", justify="right")
+    table.add_column("fb", justify="right")
+    table.add_column("query", overflow="fold", ratio=1)
+    table.add_column("answer / error", overflow="fold", ratio=1)
     for t in traces:
         style = {"ok": "green", "error": "red"}.get(t.status, "yellow")
         table.add_row(
             t.id,
-            _when(t.created_at),
+            _when(t.created_at)[5:16],
             Text(t.status, style=style),
             str(len(t.tool_calls)) if t.tool_calls else "",
             "" if t.feedback is None else f"{t.feedback:g}",

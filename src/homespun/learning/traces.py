@@ -188,7 +188,10 @@ class TraceStore:
     def get(self, trace_id: str) -> Trace:
         trace_id = self.resolve_id(trace_id)
         row = self.db["traces"].get(trace_id)
-        calls = [
+        return self._trace(row, self._calls(trace_id))
+
+    def _calls(self, trace_id: str) -> list[ToolCallRecord]:
+        return [
             ToolCallRecord(
                 name=r["name"],
                 arguments=json.loads(r["arguments"] or "{}"),
@@ -201,14 +204,13 @@ class TraceStore:
                 "select * from tool_calls where trace_id = ? order by idx", [trace_id]
             )
         ]
-        return self._trace(row, calls)
 
     def list(self, limit: int = 20, status: str | None = None) -> list[Trace]:
         where, args = ("where status = ?", [status]) if status else ("", [])
         rows = self.db.query(
             f"select * from traces {where} order by created_at desc limit ?", [*args, limit]
         )
-        return [self._trace(r, None) for r in rows]
+        return [self._trace(r, self._calls(r["id"])) for r in rows]
 
     def count(self) -> int:
         return self.db["traces"].count
