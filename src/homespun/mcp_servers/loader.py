@@ -14,7 +14,6 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from langchain_core.tools import BaseTool
@@ -162,5 +161,45 @@ async def open_tools(spec: Spec, settings: Settings) -> AsyncIterator[LoadedTool
         yield loaded
 
 
-def workspace_path(settings: Settings) -> Path:
-    return settings.workspace
+def builtin_stdio_connection(spec: Spec, settings: Settings) -> dict[str, Any]:
+    """The built-in core server as a stdio subprocess (for hosts that call tools without a
+    held session, like LangGraph Studio)."""
+    import sys
+
+    return {
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": ["-m", "homespun.mcp_servers.core", "--workspace", str(settings.workspace),
+                 "--memory-db", str(settings.memory_db),
+                 "--memory-top-k", str(spec.memory.top_k)],
+    }
+
+
+async def load_tools_stateless(spec: Spec, settings: Settings) -> LoadedTools:
+    """Tools that open a fresh MCP session per call, so they outlive any context manager.
+
+    Used where the host owns the lifetime (LangGraph Studio builds the graph once and runs
+    it many times); the CLI uses `open_tools`, which holds one session per run.
+    """
+    from langchain_mcp_adapters.tools import load_mcp_tools
+
+    settings.workspace.mkdir(parents=True, exist_ok=True)
+    loaded = LoadedTools(tools=[])
+    for index, server in enumerate(spec.tools.servers):
+        conn = (builtin_stdio_connection(spec, settings) if server.kind == "builtin"
+                else connection_for(server, index))
+        try:
+            offered = await load_mcp_tools(None, connection=conn, server_name=server.name)
+        except Exception as exc:
+            raise ToolLoadError(
+                f"tools.servers[{index}] ({server.name!r}, {server.kind}) could not be "
+                f"started: {type(exc).__name__}: {exc}"
+            ) from exc
+        for tool in _apply_spec(server, index, offered):
+            if tool.name in loaded.server_of:
+                raise ToolLoadError(f"tool {tool.name!r} is offered by two servers")
+            loaded.tools.append(tool)
+            loaded.server_of[tool.name] = server.name
+        if server.sensitive:
+            loaded.sensitive_servers.add(server.name)
+    return loaded
