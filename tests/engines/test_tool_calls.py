@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -751,35 +750,25 @@ def _real_model_path() -> Path:
 
 @pytest.mark.slow
 def test_real_model_calls_calculator_through_constrained_json() -> None:
-    import xllamacpp
     from langchain_openai import ChatOpenAI
 
-    key = secrets.token_urlsafe(16)
-    params = xllamacpp.CommonParams()
-    params.model.path = str(_real_model_path())
-    params.hostnames = ["127.0.0.1"]
-    params.port = 0
-    params.api_keys = [key]
-    params.n_ctx = 2048
-    params.warmup = False
-    server = xllamacpp.Server(params)
-    try:
-        base = server.listening_address + "/v1"
-        inner = ChatOpenAI(
-            base_url=base, api_key=key, model="local", temperature=0, max_tokens=96, max_retries=0
-        )
-        model = ToolCallingChatModel(inner=inner, tool_call_format="constrained_json").bind_tools(
-            [calculator]
-        )
-        reply = model.invoke("What is 37 * 41? Use the calculator.")
-        assert "tool_call_parse_error" not in reply.response_metadata, reply
-        assert len(reply.tool_calls) == 1, reply
-        call = reply.tool_calls[0]
-        assert call["name"] == "calculator"
-        assert isinstance(call["args"]["expression"], str) and call["args"]["expression"].strip()
-        assert reply.usage_metadata and reply.usage_metadata["output_tokens"] > 0
-    finally:
-        del server
+    from homespun.engines.embedded import get_embedded_server
+
+    server = get_embedded_server(_real_model_path(), n_ctx=2048)
+    inner = ChatOpenAI(
+        base_url=server.base_url, api_key=server.api_key, model="local", temperature=0,
+        max_tokens=96, max_retries=0,
+    )
+    model = ToolCallingChatModel(inner=inner, tool_call_format="constrained_json").bind_tools(
+        [calculator]
+    )
+    reply = model.invoke("What is 37 * 41? Use the calculator.")
+    assert "tool_call_parse_error" not in reply.response_metadata, reply
+    assert len(reply.tool_calls) == 1, reply
+    call = reply.tool_calls[0]
+    assert call["name"] == "calculator"
+    assert isinstance(call["args"]["expression"], str) and call["args"]["expression"].strip()
+    assert reply.usage_metadata and reply.usage_metadata["output_tokens"] > 0
 
 
 # --------------------------------------------------------------------------------------------
