@@ -83,6 +83,12 @@ def _apply_spec(server: ToolServerSpec, index: int, offered: list[BaseTool]) -> 
                 f"{where}.enabled names {name!r}, which server {server.name!r} does not offer "
                 f"(it offers: {listed})"
             )
+    for name in server.disabled:
+        if name not in names:
+            raise ToolLoadError(
+                f"{where}.disabled names {name!r}, which server {server.name!r} does not offer "
+                f"(it offers: {listed})"
+            )
     for name in server.descriptions:
         if name not in names:
             raise ToolLoadError(

@@ -23,6 +23,14 @@ AgentLoop = Literal["simple", "react", "plan_execute"]
 ToolPolicy = Literal["auto", "required_first", "none"]
 RiskTier = Literal["auto", "review", "manual"]
 
+# Every edit op (spec/edits.py); tier overrides may only name these.
+OP_NAMES = (
+    "set_generation_param", "set_model", "train_lora", "set_engine_param",
+    "replace_system_prompt", "patch_system_prompt", "set_agent_loop", "set_agent_param",
+    "edit_few_shot", "add_verifier", "add_tool", "remove_tool", "set_tool_description",
+    "set_memory_param",
+)
+
 _TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 _SERVER_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
 
@@ -189,6 +197,10 @@ class ToolServerSpec(_Strict):
         default_factory=lambda: ["*"],
         description="Tool names the model may use; ['*'] = all the server offers.",
     )
+    disabled: list[str] = Field(
+        default_factory=list,
+        description="Tool names never offered to the model, even when enabled = ['*'].",
+    )
     descriptions: dict[str, str] = Field(
         default_factory=dict,
         description="Per-tool description the model sees, overriding the server's own.",
@@ -204,7 +216,7 @@ class ToolServerSpec(_Strict):
             raise ValueError("server names are lower-case letters, digits, '_' or '-'")
         return v
 
-    @field_validator("enabled")
+    @field_validator("enabled", "disabled")
     @classmethod
     def _enabled_ok(cls, v: list[str]) -> list[str]:
         for name in v:
@@ -231,6 +243,8 @@ class ToolServerSpec(_Strict):
         return self
 
     def allows(self, tool_name: str) -> bool:
+        if tool_name in self.disabled:
+            return False
         return "*" in self.enabled or tool_name in self.enabled
 
 
@@ -312,7 +326,17 @@ class LearningSpec(_Strict):
     loop: LoopSpec = Field(default_factory=LoopSpec)
     budgets: BudgetSpec = Field(default_factory=BudgetSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
-    tier_overrides: dict[str, RiskTier] = Field(default_factory=dict)
+    tier_overrides: dict[str, RiskTier] = Field(
+        default_factory=dict, description="Risk tier per edit op, e.g. patch_system_prompt = 'auto'."
+    )
+
+    @field_validator("tier_overrides")
+    @classmethod
+    def _known_ops(cls, v: dict[str, RiskTier]) -> dict[str, RiskTier]:
+        unknown = sorted(set(v) - set(OP_NAMES))
+        if unknown:
+            raise ValueError(f"unknown edit op(s) {unknown}; known: {', '.join(OP_NAMES)}")
+        return v
     reward: RewardSpec = Field(default_factory=RewardSpec)
 
 
