@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +15,6 @@ class InitResult:
     spec_path: Path
     created_spec: bool
     created_repo: bool
-
-
-def _git(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["git", "-C", str(home), *args], capture_output=True, text=True, check=False
-    )
 
 
 def init_home(settings: Settings, *, force: bool = False) -> InitResult:
@@ -40,17 +33,11 @@ def init_home(settings: Settings, *, force: bool = False) -> InitResult:
         atomic_write(spec_path, default_spec_text(CORE_TOOL_DESCRIPTIONS))
         created_spec = True
     created_repo = False
-    if spec_path.parent == home and not (home / ".git").exists():
-        _git(home, "init", "-q")
-        atomic_write(home / ".gitignore", "*\n!spec.toml\n!.gitignore\n")
-        created_repo = True
-    if spec_path.parent == home and (home / ".git").exists():
-        _git(home, "add", "spec.toml", ".gitignore")
-        if _git(home, "diff", "--cached", "--quiet").returncode != 0:
-            _git(
-                home, "-c", "user.name=homespun", "-c", "user.email=homespun@localhost",
-                "commit", "-q", "-m", "Initial spec (homespun init)",
-            )
+    if spec_path.parent.resolve() == home.resolve():
+        from homespun.learning.checkpoints import init_repo
+
+        created_repo = not (home / ".git").exists()
+        init_repo(home, spec_path)
     return InitResult(spec_path, created_spec, created_repo)
 
 

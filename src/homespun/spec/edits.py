@@ -253,10 +253,12 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
                 if value not in ToolCallFormat.__args__:  # type: ignore[attr-defined]
                     raise EditError(f"{where}: engine.tool_call_format must be native or "
                                     f"constrained_json, got {value!r}")
-            elif param == "timeout_s":
-                value = float(value)
             else:
-                value = int(float(value))
+                try:
+                    value = float(value) if param == "timeout_s" else int(float(value))
+                except (TypeError, ValueError):
+                    raise EditError(f"{where}: engine.{param} must be a number, "
+                                    f"got {value!r}") from None
             setattr(spec.engine, param, value)
         case ReplaceSystemPrompt(text=text):
             spec.agent.system_prompt = text
@@ -274,6 +276,12 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
         case SetAgentLoop(loop=loop):
             spec.agent.loop = loop
         case SetAgentParam(param=param, value=value):
+            # pydantic would quietly read True as max_turns = 1 and 0 as repeat_guard = false
+            if param == "repeat_guard" and not isinstance(value, bool):
+                raise EditError(f"{where}: agent.repeat_guard must be true or false, "
+                                f"got {value!r}")
+            if param != "repeat_guard" and isinstance(value, bool):
+                raise EditError(f"{where}: agent.{param} cannot be {value!r}")
             setattr(spec.agent, param, value)
         case EditFewShot(action=action, index=index, example=example):
             shots = list(spec.agent.few_shot)
@@ -317,6 +325,15 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
             raise EditError(f"{where}: unknown op {op!r}")
 
 
+def _table_of(spec: Spec, op: Any) -> str:
+    """The dotted path of the sub-model an op assigns to (for error messages)."""
+    if PRIMITIVE_OF[op.op] == "tools":
+        names = [s.name for s in spec.tools.servers]
+        if op.server in names:
+            return f"tools.servers[{names.index(op.server)}]"
+    return PRIMITIVE_OF[op.op]
+
+
 def apply_proposal(spec: Spec, proposal: Proposal) -> Spec:
     """The spec with every op of `proposal` applied; `spec` itself is untouched.
 
@@ -329,8 +346,11 @@ def apply_proposal(spec: Spec, proposal: Proposal) -> Spec:
         try:
             _apply_op(new, op, where)
         except ValidationError as exc:
+            # the error's loc is relative to the sub-model the op assigned to
             issue = exc.errors()[0]
-            raise EditError(f"{where}: {dotted(tuple(issue['loc']))}: {issue['msg']}") from exc
+            field = ".".join(filter(None, (_table_of(new, op), dotted(tuple(issue["loc"])))))
+            reason = issue["msg"].removeprefix("Value error, ")
+            raise EditError(f"{where}: {field}: {reason}") from exc
     try:
         validated = Spec.model_validate(new.to_data())
         render_spec(validated)  # must round-trip through TOML

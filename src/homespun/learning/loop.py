@@ -1,0 +1,254 @@
+"""The multi-session loop (paper Algorithm 1) and review decisions.
+
+Sessions run until `sessions` are done, or k sessions in a row bring no gate-score
+improvement above eps (stagnation), or a teacher budget is spent. Budgets are checked
+before every teacher call (CostMeter) and before every session here.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.types import Command
+
+from homespun.graphs.search import EventCallback, SearchRuntime, build_search_graph
+from homespun.learning.checkpoints import CheckpointRepo
+from homespun.learning.evaluation import StudentFactory
+from homespun.learning.store import LearningStore
+from homespun.learning.tasks import Benchmark
+from homespun.spec import Settings, Spec, load_spec
+
+
+class SearchSetupError(RuntimeError):
+    pass
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """'starter' | 'agentdojo:SUITE'."""
+    if name == "starter":
+        from homespun.learning.benchmarks.starter import StarterBenchmark
+
+        return StarterBenchmark()
+    if name.startswith("agentdojo:"):
+        from homespun.learning.benchmarks.agentdojo import AgentDojoBenchmark
+
+        return AgentDojoBenchmark(name.split(":", 1)[1])
+    raise SearchSetupError(f"unknown benchmark {name!r}: use 'starter' or 'agentdojo:SUITE' "
+                           "(banking, slack, travel, workspace)")
+
+
+@dataclass
+class LoopResult:
+    sessions: list[str] = field(default_factory=list)
+    stopped_because: str = ""
+    paused_proposal: str | None = None
+    gate_scores: list[tuple[float | None, float | None]] = field(default_factory=list)
+
+
+def _store(settings: Settings) -> LearningStore:
+    return LearningStore(settings.home / "learning" / "learning.db")
+
+
+def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: Any | None):
+    from homespun.learning.teacher import CostMeter, build_teacher
+
+    budgets = spec.learning.budgets
+    name = spec.learning.teacher
+    if teacher is None and name:
+        teacher = build_teacher(name)
+    meter = CostMeter(session_cap_usd=budgets.max_cost_per_session_usd,
+                      total_cap_usd=budgets.max_total_cost_usd,
+                      spent_before_usd=store.total_cost(), model=name or "none")
+    return teacher, meter
+
+
+def _proposer(name: str, teacher: Any | None):
+    from homespun.learning.proposers import make_proposer
+
+    if name == "llm" and teacher is None:
+        raise SearchSetupError("learning.proposer = 'llm' needs a teacher: set learning.teacher "
+                               "(e.g. 'anthropic:claude-opus-4-6') or use --proposer random")
+    return make_proposer(name)
+
+
+@asynccontextmanager
+async def _graph(settings: Settings):
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = settings.home / "learning" / "search.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield build_search_graph(checkpointer=saver)
+
+
+def _runtime(settings: Settings, benchmark: Benchmark, proposer: Any, teacher: Any, meter: Any,
+             student: StudentFactory | None, on_event: EventCallback | None,
+             concurrency: int, tasks=None) -> SearchRuntime:
+    return SearchRuntime(settings=settings, benchmark=benchmark, proposer=proposer,
+                         teacher=teacher, student=student, concurrency=concurrency,
+                         on_event=on_event, meter=meter, tasks=tasks)
+
+
+async def _drive(graph: Any, inputs: Any, sid: str, rt: SearchRuntime) -> dict:
+    config = {"configurable": {"thread_id": sid, "runtime": rt}, "recursion_limit": 200}
+    return await graph.ainvoke(inputs, config)
+
+
+async def run_search(
+    settings: Settings,
+    *,
+    benchmark: str = "starter",
+    proposer: str | None = None,
+    sessions: int = 1,
+    student: StudentFactory | None = None,
+    teacher: Any | None = None,
+    on_event: EventCallback | None = None,
+    concurrency: int = 1,
+    resume: bool = False,
+    tasks=None,
+) -> LoopResult:
+    """Run up to `sessions` search sessions (or resume an interrupted one first)."""
+    repo = CheckpointRepo(settings.home, settings.spec_path)
+    store = _store(settings)
+    out = LoopResult()
+    bench = get_benchmark(benchmark)
+    async with _graph(settings) as graph:
+        if resume:
+            sid = _resumable(store, graph_state_of=None)
+            if sid is None:
+                out.stopped_because = "nothing to resume"
+                return out
+            row = store.session(sid)
+            if row.status == "paused":
+                pending = store.proposals(sid, status="pending_review")
+                out.sessions.append(sid)
+                out.paused_proposal = pending[0]["id"] if pending else None
+                out.stopped_because = "paused for review"
+                return out
+            spec = load_spec(settings.spec_path)
+            t, meter = _teacher_and_meter(spec, store, teacher)
+            rt = _runtime(settings, get_benchmark(row.benchmark), _proposer(row.proposer, t), t,
+                          meter, student, on_event, concurrency, tasks)
+            result = await _drive(graph, None, sid, rt)
+            out.sessions.append(sid)
+            if "__interrupt__" in result:
+                out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
+                out.stopped_because = "paused for review"
+                return out
+            sessions -= 1
+        stagnant = 0
+        best: float | None = None
+        for _ in range(max(0, sessions)):
+            repo.ensure_clean()
+            spec = load_spec(settings.spec_path)
+            k, eps = spec.learning.loop.stagnation_k, spec.learning.loop.stagnation_eps
+            if store.total_cost() >= spec.learning.budgets.max_total_cost_usd:
+                out.stopped_because = "total teacher budget spent"
+                break
+            t, meter = _teacher_and_meter(spec, store, teacher)
+            chosen = proposer or spec.learning.proposer
+            rt = _runtime(settings, bench, _proposer(chosen, t), t, meter, student, on_event,
+                          concurrency, tasks)
+            sid = store.new_session(benchmark=bench.name, proposer=chosen,
+                                    teacher=spec.learning.teacher, spec_hash=spec.content_hash())
+            out.sessions.append(sid)
+            if on_event:
+                on_event("session_start", {"session_id": sid, "benchmark": bench.name,
+                                           "proposer": chosen, "teacher": spec.learning.teacher})
+            try:
+                result = await _drive(graph, {"session_id": sid, "status": "running",
+                                              "approvals": {}}, sid, rt)
+            except Exception as exc:
+                store.update_session(sid, status="failed", note=f"{type(exc).__name__}: {exc}")
+                raise
+            if "__interrupt__" in result:
+                out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
+                out.stopped_because = "paused for review"
+                return out
+            row = store.session(sid)
+            out.gate_scores.append((row.gate_score_before, row.gate_score_after))
+            score = row.gate_score_after
+            if score is not None and (best is None or score > best + eps):
+                best, stagnant = score, 0
+            else:
+                stagnant += 1
+            if stagnant >= k:
+                out.stopped_because = f"no gate improvement above {eps} in {k} sessions"
+                break
+        else:
+            out.stopped_because = out.stopped_because or "session count reached"
+    return out
+
+
+def _resumable(store: LearningStore, graph_state_of: Any) -> str | None:
+    for row in store.sessions(limit=50):
+        if row.status in ("running", "paused"):
+            return row.id
+    return None
+
+
+async def decide_review(
+    settings: Settings,
+    proposal_id: str,
+    *,
+    approve: bool,
+    reason: str = "",
+    student: StudentFactory | None = None,
+    teacher: Any | None = None,
+    on_event: EventCallback | None = None,
+    concurrency: int = 1,
+    tasks=None,
+) -> LoopResult:
+    """Approve (still gated) or reject a paused proposal, and let its session go on."""
+    store = _store(settings)
+    row = store.proposal(proposal_id)
+    if row["status"] != "pending_review":
+        raise SearchSetupError(f"proposal {row['id']} is {row['status']}, not waiting for "
+                               "review (see `homespun learning review`)")
+    session = store.session(row["session_id"])
+    spec = load_spec(settings.spec_path)
+    t, meter = _teacher_and_meter(spec, store, teacher)
+    rt = _runtime(settings, get_benchmark(session.benchmark), _proposer(session.proposer, t), t,
+                  meter, student, on_event, concurrency, tasks)
+    out = LoopResult(sessions=[session.id])
+    async with _graph(settings) as graph:
+        result = await _drive(graph, Command(resume={"approve": approve, "reason": reason}),
+                              session.id, rt)
+    if "__interrupt__" in result:
+        out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
+        out.stopped_because = "paused for review"
+    else:
+        out.stopped_because = "session finished"
+    return out
+
+
+def rollback(settings: Settings, target: str | None = None) -> str:
+    """Revert the last accepted edit (target None), an edit id, a session, or a commit."""
+    repo = CheckpointRepo(settings.home, settings.spec_path)
+    store = _store(settings)
+    if target is None:
+        last = repo.last_edit()
+        if last is None:
+            raise SearchSetupError("no accepted edit to roll back")
+        return repo.revert(last.sha)
+    try:
+        p = store.proposal(target)
+        if p.get("commit_sha"):
+            return repo.revert(p["commit_sha"])
+    except KeyError:
+        pass
+    try:
+        session = store.session(target)
+        accepted = [p for p in store.proposals(session.id, status="accepted")
+                    if p.get("commit_sha")]
+        if not accepted:
+            raise SearchSetupError(f"session {session.id} has no accepted edit to roll back")
+        sha = ""
+        for p in reversed(accepted):
+            sha = repo.revert(p["commit_sha"])
+        return sha
+    except KeyError:
+        pass
+    return repo.revert(target)
