@@ -30,6 +30,16 @@ app.add_typer(models_app, name="models")
 app.add_typer(traces_app, name="traces")
 
 
+def _register_learning() -> None:
+    from ._learning import bench_app, learning_app
+
+    app.add_typer(learning_app, name="learning")
+    app.add_typer(bench_app, name="bench")
+
+
+_register_learning()
+
+
 @app.callback()
 def _main() -> None:
     quiet_libraries()

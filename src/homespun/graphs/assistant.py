@@ -81,8 +81,13 @@ def new_question_state(question: HumanMessage) -> dict[str, Any]:
 def _prompt(agent: AgentSpec, messages: Sequence[BaseMessage],
             extra: str | None = None) -> list[BaseMessage]:
     out: list[BaseMessage] = [SystemMessage(agent.system_prompt)]
-    for example in agent.few_shot:
+    for i, example in enumerate(agent.few_shot):
         out.append(HumanMessage(example.user))
+        if example.tool:
+            call_id = f"example_{i}"
+            out.append(AIMessage("", tool_calls=[{"name": example.tool, "args":
+                                                  dict(example.arguments), "id": call_id}]))
+            out.append(ToolMessage(example.tool_result, tool_call_id=call_id, name=example.tool))
         out.append(AIMessage(example.assistant))
     out.extend(messages)
     if extra:

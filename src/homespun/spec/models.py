@@ -112,8 +112,20 @@ class EngineSpec(_Strict):
 
 
 class FewShotExample(_Strict):
+    """A worked example shown before the conversation; with `tool` it shows a whole tool
+    round trip (question, tool call, tool result, answer), which small models imitate."""
+
     user: str = Field(min_length=1)
-    assistant: str = Field(min_length=1)
+    assistant: str = Field(min_length=1, description="The final answer.")
+    tool: str = Field("", description="A tool the example calls before answering.")
+    arguments: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    tool_result: str = Field("", description="What the tool returned in the example.")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> FewShotExample:
+        if (self.arguments or self.tool_result) and not self.tool:
+            raise ValueError("arguments / tool_result need a tool name")
+        return self
 
 
 class VerifierSpec(_Strict):

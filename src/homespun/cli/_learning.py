@@ -1,0 +1,367 @@
+"""`homespun learning ...` and `homespun bench run`: spec search from the command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._common import console, current_spec, err_console, fail, run_async, settings
+
+learning_app = typer.Typer(help="Spec search: diagnose, propose, gate, commit, roll back.",
+                           no_args_is_help=True)
+benchmark_app = typer.Typer(help="The benchmarks a search runs on.", no_args_is_help=True)
+learning_app.add_typer(benchmark_app, name="benchmark")
+bench_app = typer.Typer(help="Evaluate a spec on a benchmark.", no_args_is_help=True)
+
+
+class EventPrinter:
+    """Turns search events into progress bars and tables."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.task_id: Any = None
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        handler = getattr(self, f"on_{event}", None)
+        if handler:
+            handler(**data)
+
+    def on_session_start(self, session_id: str, benchmark: str, proposer: str, teacher: str):
+        who = teacher or "none: rule-based diagnoser"
+        console.rule(f"session {session_id}")
+        console.print(f"benchmark {benchmark} · proposer {proposer} · teacher {who}")
+        if not teacher:
+            console.print("[dim]No teacher configured: diagnosis uses the rule-based "
+                          "diagnoser; proposals come from the "
+                          f"{'template-random' if proposer == 'random' else proposer} "
+                          "proposer.[/]")
+
+    def on_phase(self, name: str, **data: Any):
+        if name == "diagnose":
+            console.print(f"[bold]diagnose[/] on {data['search_tasks']} search tasks "
+                          f"(gate: {data['gate_tasks']} held-out tasks)")
+        elif name == "plan":
+            console.print(f"[bold]plan[/] with the {data['proposer']} proposer")
+        elif name == "execute":
+            from homespun.spec.edits import describe_proposal
+
+            p = data["proposal"]
+            console.print(f"[bold]execute[/] {p.id} → {p.target_cluster} [{data['tier']}]: "
+                          f"{escape(describe_proposal(p))}")
+
+    def on_evaluate_start(self, label: str, tasks: int):
+        self.progress = Progress(TextColumn("  {task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                                 transient=True)
+        self.progress.start()
+        self.task_id = self.progress.add_task(label, total=tasks)
+
+    def on_task_done(self, label: str, outcome: Any):
+        if self.progress is not None:
+            self.progress.advance(self.task_id)
+
+    def on_evaluate_done(self, label: str, accuracy: float, runs: int):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        cached = "" if runs else " (all cached)"
+        console.print(f"  {label}: accuracy {accuracy:.3f}, {runs} new run(s){cached}")
+
+    def on_diagnosis(self, diagnosis: Any):
+        table = Table(title=f"failure clusters ({diagnosis.source})")
+        for col in ("cluster", "categories", "signature", "student fail", "teacher ok",
+                    "skill gap"):
+            table.add_column(col, overflow="fold")
+        for c in diagnosis.clusters:
+            table.add_row(c.id, ", ".join(c.categories), c.signature,
+                          f"{c.student_failure_rate:.2f}",
+                          "—" if c.teacher_success_rate is None else f"{c.teacher_success_rate:.2f}",
+                          c.skill_gap)
+        console.print(table)
+
+    def on_plan(self, proposals: list, tiers: list):
+        console.print(f"  {len(proposals)} proposal(s): " + ", ".join(
+            f"{p.id}→{p.target_cluster}[{t}]" for p, t in zip(proposals, tiers, strict=True)))
+
+    def on_gate(self, proposal: Any, decision: Any):
+        table = Table(title=f"gate for {proposal.id} (target {proposal.target_cluster}, "
+                            f"eps {decision.eps})")
+        for col in ("cluster", "G(S)", "G(S')", "Δ"):
+            table.add_column(col, justify="right" if col != "cluster" else "left")
+        for c in decision.before:
+            b, a = decision.before[c], decision.after.get(c)
+            delta = "" if b is None or a is None else f"{a - b:+.3f}"
+            name = f"[bold]{c}[/]" if c == proposal.target_cluster else c
+            table.add_row(name, "—" if b is None else f"{b:.3f}", "—" if a is None else f"{a:.3f}",
+                          delta)
+        console.print(table)
+        verdict = "[green]ACCEPT[/]" if decision.accepted else "[red]REJECT[/]"
+        console.print(f"  {verdict}: {escape(decision.reason)}")
+
+    def on_accepted(self, proposal: Any, sha: str):
+        console.print(f"  committed {sha[:10]} (Edit-ID {proposal.id})")
+
+    def on_rejected(self, proposal: Any, reason: str):
+        console.print("  nothing changed on disk")
+
+    def on_review(self, proposal: Any, tier: str):
+        pass
+
+    def on_session_done(self, session_id: str, before: float | None, after: float | None):
+        b = "—" if before is None else f"{before:.3f}"
+        a = "—" if after is None else f"{after:.3f}"
+        console.print(f"[bold]session {session_id} done[/]: gate accuracy {b} → {a}")
+
+
+def _report(result: Any) -> None:
+    if result.paused_proposal:
+        console.print(f"[yellow]paused:[/] proposal {result.paused_proposal} needs review. "
+                      f"Approve with `homespun learning approve {result.paused_proposal}` (it "
+                      f"still has to pass the gate) or `homespun learning reject "
+                      f"{result.paused_proposal} --reason ...`.")
+    elif result.stopped_because:
+        console.print(f"[dim]stopped: {result.stopped_because}[/]")
+
+
+def _errors():
+    from homespun.learning.checkpoints import CheckpointError, DirtySpec
+    from homespun.learning.loop import SearchSetupError
+    from homespun.learning.teacher import BudgetExceeded
+
+    return (DirtySpec, CheckpointError, SearchSetupError, BudgetExceeded, KeyError)
+
+
+@learning_app.command("init")
+def learning_init():
+    """Create learning/ under HOMESPUN_HOME and the spec's checkpoint git repository."""
+    from homespun.home import init_home
+
+    st = settings()
+    init_home(st)
+    (st.home / "learning" / "sessions").mkdir(parents=True, exist_ok=True)
+    console.print(f"learning store: {st.home / 'learning'}; checkpoint repo: {st.home / '.git'}")
+
+
+@learning_app.command("run")
+def learning_run(
+    benchmark: Annotated[str, typer.Option(help="starter | agentdojo:SUITE")] = "starter",
+    proposer: Annotated[str | None, typer.Option(help="llm | random | evolutionary "
+                                                 "(default: learning.proposer)")] = None,
+    sessions: Annotated[int, typer.Option(min=1, help="Sessions to run at most.")] = 1,
+    resume: Annotated[bool, typer.Option(help="Resume an interrupted session first.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="Task runs in parallel.")] = 1,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N tasks of each "
+                                              "category (quick runs).")] = None,
+):
+    """Run spec-search sessions (paper Algorithm 1)."""
+    from homespun.learning.loop import get_benchmark, run_search
+
+    st = settings()
+    current_spec(st)
+    tasks = _limited(get_benchmark(benchmark).tasks(), limit) if limit else None
+    try:
+        result = run_async(run_search(st, benchmark=benchmark, proposer=proposer,
+                                      sessions=sessions, resume=resume, on_event=EventPrinter(),
+                                      concurrency=concurrency, tasks=tasks))
+    except _errors() as exc:
+        fail(str(exc.args[0]) if exc.args else str(exc))
+    _report(result)
+
+
+def _limited(tasks: list, limit: int) -> list:
+    seen: dict[str, int] = {}
+    out = []
+    for t in tasks:
+        if seen.get(t.category, 0) < limit:
+            out.append(t)
+            seen[t.category] = seen.get(t.category, 0) + 1
+    return out
+
+
+@learning_app.command("history")
+def learning_history(limit: Annotated[int, typer.Option()] = 20):
+    """Past sessions, newest first."""
+    from homespun.learning.store import LearningStore
+
+    store = LearningStore(settings().home / "learning" / "learning.db")
+    table = Table(title="spec-search sessions")
+    for col in ("session", "started", "status", "benchmark", "proposer", "gate before",
+                "gate after", "accepted", "cost $"):
+        table.add_column(col)
+    for s in store.sessions(limit):
+        accepted = len(store.proposals(s.id, status="accepted"))
+        total = len(store.proposals(s.id))
+        table.add_row(s.id, dt.datetime.fromtimestamp(s.started_at).strftime("%m-%d %H:%M"),
+                      s.status, s.benchmark, s.proposer,
+                      "—" if s.gate_score_before is None else f"{s.gate_score_before:.3f}",
+                      "—" if s.gate_score_after is None else f"{s.gate_score_after:.3f}",
+                      f"{accepted}/{total}", f"{s.cost_usd:.4f}")
+    console.print(table)
+
+
+@learning_app.command("show")
+def learning_show(session_id: str):
+    """One session: its proposals, gate decisions and per-cluster scores."""
+    from homespun.learning.store import LearningStore
+
+    st = settings()
+    store = LearningStore(st.home / "learning" / "learning.db")
+    try:
+        s = store.session(session_id)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    console.print(f"[bold]session {s.id}[/] · {s.status} · {s.benchmark} · proposer "
+                  f"{s.proposer} · teacher {s.teacher or 'none'} · cost ${s.cost_usd:.4f}")
+    if s.note:
+        console.print(f"note: {s.note}")
+    folder = st.home / "learning" / "sessions" / s.id
+    for name in ("diagnosis.md", "plan.json"):
+        if (folder / name).exists():
+            console.print(f"{name}: {folder / name}")
+    for p in store.proposals(s.id):
+        console.print(f"\n[bold]{p['id']}[/] → {p['target']} [{p['tier']}] {p['status']}: "
+                      f"{escape(p['reason'] or '')}")
+        console.print(f"  ops: {escape(p['ops'])}")
+        scores = store.cluster_scores(p["id"])
+        if scores:
+            console.print("  " + ", ".join(
+                f"{r['cluster']} {r['before'] if r['before'] is not None else '—'}→"
+                f"{r['after'] if r['after'] is not None else '—'}" for r in scores))
+        if p["commit_sha"]:
+            console.print(f"  commit {p['commit_sha'][:10]}")
+
+
+@learning_app.command("review")
+def learning_review():
+    """Proposals waiting for your decision."""
+    from homespun.learning.store import LearningStore
+
+    store = LearningStore(settings().home / "learning" / "learning.db")
+    pending = store.proposals(status="pending_review")
+    if not pending:
+        console.print("Nothing waits for review.")
+        return
+    for p in pending:
+        console.print(f"[bold]{p['id']}[/] (session {p['session_id']}) → {p['target']} "
+                      f"[{p['tier']}]\n  ops: {escape(p['ops'])}\n  why: "
+                      f"{escape(p['rationale'] or '')}")
+    console.print("Approve with `homespun learning approve ID` (still gated) or reject with "
+                  "`homespun learning reject ID --reason ...`.")
+
+
+def _decide(proposal_id: str, approve: bool, reason: str) -> None:
+    from homespun.learning.loop import decide_review
+
+    st = settings()
+    try:
+        result = run_async(decide_review(st, proposal_id, approve=approve, reason=reason,
+                                         on_event=EventPrinter()))
+    except _errors() as exc:
+        fail(str(exc.args[0]) if exc.args else str(exc))
+    _report(result)
+
+
+@learning_app.command("approve")
+def learning_approve(proposal_id: str):
+    """Approve a paused proposal; it still has to pass the gate."""
+    _decide(proposal_id, True, "")
+
+
+@learning_app.command("reject")
+def learning_reject(proposal_id: str,
+                    reason: Annotated[str, typer.Option(help="Why (kept in history).")]):
+    """Reject a paused proposal; nothing changes on disk."""
+    _decide(proposal_id, False, reason)
+
+
+@learning_app.command("rollback")
+def learning_rollback(
+    target: Annotated[str | None, typer.Argument(help="Edit id, session id or commit.")] = None,
+    last: Annotated[bool, typer.Option("--last", help="The newest accepted edit.")] = False,
+):
+    """Undo accepted edits with revert commits (history is never rewritten)."""
+    from homespun.learning.loop import rollback
+
+    if not target and not last:
+        fail("give an edit id, a session id or a commit, or --last")
+    try:
+        sha = rollback(settings(), None if last else target)
+    except _errors() as exc:
+        fail(str(exc.args[0]) if exc.args else str(exc))
+    except Exception as exc:  # git refused: say what it said
+        fail(f"rollback failed: {exc}")
+    console.print(f"reverted: commit {sha[:10]}; spec restored")
+
+
+@benchmark_app.command("show")
+def benchmark_show(name: Annotated[str, typer.Argument(help="starter | agentdojo:SUITE")]
+                   = "starter"):
+    """The tasks of a benchmark and how they split into search and held-out gate sets."""
+    from homespun.learning.gate import split_tasks
+    from homespun.learning.loop import SearchSetupError, get_benchmark
+
+    st = settings()
+    spec = current_spec(st) if st.spec_path.exists() else None
+    seed = spec.learning.gate.seed if spec else 0
+    try:
+        bench = get_benchmark(name)
+        tasks = bench.tasks()
+    except (SearchSetupError, RuntimeError) as exc:
+        fail(str(exc))
+    search, held = split_tasks(tasks, seed=seed, benchmark=bench.name)
+    held_ids = {t.id for t in held}
+    table = Table(title=f"{bench.name} ({bench.version}): {len(tasks)} tasks, "
+                        f"{len(search)} search / {len(held)} held-out")
+    for col in ("task", "category", "set", "query"):
+        table.add_column(col, overflow="fold")
+    for t in tasks:
+        table.add_row(t.id, t.category, "gate" if t.id in held_ids else "search", t.query)
+    console.print(table)
+
+
+@bench_app.command("run")
+def bench_run(
+    spec_file: Annotated[Path | None, typer.Argument(help="Spec (default: the current one).")]
+    = None,
+    benchmark: Annotated[str, typer.Option(help="starter | agentdojo:SUITE")] = "starter",
+    limit: Annotated[int | None, typer.Option(help="First N tasks per category.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1)] = 1,
+    repeats: Annotated[int, typer.Option(min=1)] = 1,
+):
+    """Evaluate a spec on a benchmark: accuracy per category, s/query, tokens."""
+    from homespun.learning.evaluation import EvalCache, evaluate
+    from homespun.learning.loop import SearchSetupError, get_benchmark
+    from homespun.spec import SpecError, load_spec
+
+    st = settings()
+    try:
+        spec = load_spec(spec_file) if spec_file else current_spec(st)
+        bench = get_benchmark(benchmark)
+    except (SpecError, SearchSetupError, RuntimeError) as exc:
+        fail(str(exc))
+    tasks = bench.tasks()
+    if limit:
+        tasks = _limited(tasks, limit)
+    printer = EventPrinter()
+    printer.on_evaluate_start(f"{bench.name} · spec {spec.content_hash()}", len(tasks) * repeats)
+    result = run_async(evaluate(spec, st, bench, tasks, repeats=repeats, concurrency=concurrency,
+                                cache=EvalCache(st.home / "learning" / "learning.db"),
+                                on_outcome=lambda o: printer.on_task_done("", o)))
+    printer.progress.stop() if printer.progress else None
+    table = Table(title=f"{bench.name}: spec {result.spec_hash}")
+    for col in ("category", "accuracy", "tasks"):
+        table.add_column(col)
+    for cat, (acc, n) in result.by_category().items():
+        table.add_row(cat, f"{acc:.3f}", str(n))
+    table.add_row("[bold]all[/]", f"[bold]{result.accuracy:.3f}[/]", str(len(result.outcomes)))
+    console.print(table)
+    tokens = sum(o.prompt_tokens + o.completion_tokens for o in result.outcomes)
+    n = max(len(result.outcomes), 1)
+    console.print(f"s/query {result.mean_latency():.2f} · tokens/query {tokens / n:.0f} · "
+                  f"new runs {result.runs} (the rest cached)")

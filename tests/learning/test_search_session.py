@@ -1,0 +1,152 @@
+"""A whole spec-search session with a scripted teacher and a scripted student.
+
+One proposal is accepted (commit with trailers, spec changed); one fixes its target but
+drops another cluster by more than eps and is rejected (spec file and git untouched); one
+review-tier proposal pauses, is approved, gated and committed; `rollback --last` reverts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from homespun.cli import app
+from homespun.engines.testing import ScriptedChatModel, tool_call
+from homespun.home import init_home
+from homespun.learning import loop as search_loop
+from homespun.learning.checkpoints import CheckpointRepo
+from homespun.learning.store import LearningStore
+from homespun.spec import load_spec
+
+from .toy import StudentFactory, ToyBenchmark
+
+PROPOSALS = [
+    {"target_cluster": "recall", "rationale": "more memories per search",
+     "ops": [{"op": "set_memory_param", "param": "top_k", "value": 9}]},
+    {"target_cluster": "math", "rationale": "hotter sampling",
+     "ops": [{"op": "set_generation_param", "param": "temperature", "value": 1.5}]},
+    {"target_cluster": "math", "rationale": "tell it to use the calculator",
+     "ops": [{"op": "patch_system_prompt", "mode": "append", "text": "USE-CALC"}]},
+]
+
+
+def teacher_script() -> ScriptedChatModel:
+    report = {"clusters": [
+        {"id": "math", "name": "math answers wrong", "categories": ["math"],
+         "skill_gap": "does not compute"},
+        {"id": "recall", "name": "recall misses", "categories": ["recall"],
+         "skill_gap": "memory search too narrow"},
+    ], "summary": "two clusters"}
+    return ScriptedChatModel(script=[tool_call("report_diagnosis", report),
+                                     tool_call("submit_proposals", {"proposals": PROPOSALS})])
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    bench = ToyBenchmark()
+    monkeypatch.setattr(search_loop, "get_benchmark", lambda name: bench)
+    return bench
+
+
+def git_log(settings) -> list:
+    return CheckpointRepo(settings.home, settings.spec_path).commits()
+
+
+async def test_full_session_accepts_rejects_pauses_and_rolls_back(settings, toy):
+    init_home(settings)
+    spec0 = load_spec(settings.spec_path)
+    student = StudentFactory()
+    events: list[str] = []
+    result = await search_loop.run_search(
+        settings, benchmark="toy", proposer="llm", sessions=1, student=student,
+        teacher=teacher_script(), on_event=lambda e, d: events.append(e))
+    store = LearningStore(settings.home / "learning" / "learning.db")
+    sid = result.sessions[0]
+    rows = {p["target"] + ":" + json.loads(p["ops"])[0]["op"]: p for p in store.proposals(sid)}
+
+    # 1. accepted: committed with trailers, spec changed on disk
+    accepted = rows["recall:set_memory_param"]
+    assert accepted["status"] == "accepted"
+    commit = CheckpointRepo(settings.home, settings.spec_path).find_edit(accepted["id"])
+    assert commit is not None
+    assert commit.trailers["Session-ID"] == sid and commit.trailers["Risk-Tier"] == "auto"
+    assert load_spec(settings.spec_path).memory.top_k == 9
+
+    # 2. rejected: fixes math but drops tone by more than eps; nothing on disk changed
+    rejected = rows["math:set_generation_param"]
+    assert rejected["status"] == "rejected"
+    assert "tone" in rejected["reason"] or "rest" in rejected["reason"]
+    assert load_spec(settings.spec_path).intelligence.temperature == spec0.intelligence.temperature
+    assert all(c.trailers.get("Edit-ID") != rejected["id"] for c in git_log(settings))
+
+    # 3. review tier: paused, waiting
+    review = rows["math:patch_system_prompt"]
+    assert result.paused_proposal == review["id"]
+    assert store.proposal(review["id"])["status"] == "pending_review"
+    assert "USE-CALC" not in load_spec(settings.spec_path).agent.system_prompt
+    commits_before = len(git_log(settings))
+
+    # approve -> still gated -> accepted and committed
+    approved = await search_loop.decide_review(settings, review["id"], approve=True,
+                                               student=student, teacher=teacher_script())
+    assert approved.stopped_because == "session finished"
+    assert store.proposal(review["id"])["status"] == "accepted"
+    assert "USE-CALC" in load_spec(settings.spec_path).agent.system_prompt
+    assert len(git_log(settings)) == commits_before + 1
+    assert git_log(settings)[0].trailers["Risk-Tier"] == "review"
+    session = store.session(sid)
+    assert session.status == "done" and session.gate_score_after > session.gate_score_before
+    assert (settings.home / "learning" / "sessions" / sid / "diagnosis.md").exists()
+    assert json.loads((settings.home / "learning" / "sessions" / sid / "plan.json").read_text())
+
+    # rollback --last: a revert commit, the prompt edit is gone, history kept
+    res = CliRunner().invoke(app, ["learning", "rollback", "--last"])
+    assert res.exit_code == 0, res.output
+    assert "USE-CALC" not in load_spec(settings.spec_path).agent.system_prompt
+    assert load_spec(settings.spec_path).memory.top_k == 9  # the earlier edit stays
+    log = git_log(settings)
+    assert log[0].trailers.get("Reverts-Edit-ID") == review["id"]
+    assert len(log) == commits_before + 2
+    assert CheckpointRepo(settings.home, settings.spec_path).file_matches_head()
+
+
+async def test_rejecting_in_review_leaves_no_trace_on_disk(settings, toy):
+    init_home(settings)
+    student = StudentFactory()
+    teacher = teacher_script()
+    result = await search_loop.run_search(settings, benchmark="toy", proposer="llm",
+                                          student=student, teacher=teacher)
+    text_before = settings.spec_path.read_text()
+    n_commits = len(git_log(settings))
+    await search_loop.decide_review(settings, result.paused_proposal, approve=False,
+                                    reason="too blunt", student=student, teacher=teacher)
+    store = LearningStore(settings.home / "learning" / "learning.db")
+    row = store.proposal(result.paused_proposal)
+    assert (row["status"], row["reason"]) == ("review_rejected", "too blunt")
+    assert settings.spec_path.read_text() == text_before
+    assert len(git_log(settings)) == n_commits
+
+
+async def test_a_dirty_spec_stops_a_session(settings, toy):
+    init_home(settings)
+    settings.spec_path.write_text(settings.spec_path.read_text().replace("top_k = 5", "top_k = 6"))
+    with pytest.raises(Exception, match="commit or revert manual changes first"):
+        await search_loop.run_search(settings, benchmark="toy", proposer="random",
+                                     student=StudentFactory())
+
+
+async def test_an_unchanged_spec_is_never_re_run(settings, toy):
+    init_home(settings)
+    student = StudentFactory()
+    from homespun.learning.evaluation import EvalCache, evaluate
+
+    spec = load_spec(settings.spec_path)
+    cache = EvalCache(settings.home / "learning" / "learning.db")
+    first = await evaluate(spec, settings, toy, toy.tasks(), cache=cache, student=student)
+    calls = student.calls
+    assert first.runs == len(toy.tasks()) and calls > 0
+    again = await evaluate(spec, settings, toy, toy.tasks(), cache=cache, student=student)
+    assert student.calls == calls  # zero model calls
+    assert again.runs == 0 and again.accuracy == first.accuracy

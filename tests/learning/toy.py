@@ -1,0 +1,64 @@
+"""A toy benchmark and a spec-aware scripted student for deterministic search tests.
+
+The student's answers depend on the spec it runs under, so an edit visibly fixes or breaks
+categories:
+- math   passes when the system prompt contains "USE-CALC" or temperature >= 1.5
+- recall passes when memory.top_k == 9
+- tone   passes while temperature < 1.0
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from langchain_core.messages import HumanMessage
+
+from homespun.engines.testing import ScriptedChatModel
+from homespun.learning.tasks import Grade, SimpleEnvironment, Task
+from homespun.spec import Spec
+
+CATEGORIES = ("math", "recall", "tone")
+
+
+class ToyBenchmark:
+    name = "toy"
+    version = "toy-1"
+
+    def __init__(self, per_category: int = 4):
+        self.per_category = per_category
+
+    def tasks(self) -> list[Task]:
+        return [Task(id=f"{c}-{i}", query=f"Q:{c}:{c}-{i}-gold", category=c, suite="toy",
+                     gold=f"{c}-{i}-gold") for c in CATEGORIES for i in range(self.per_category)]
+
+    @asynccontextmanager
+    async def environment(self, task, spec, settings):
+        def grade(trace):
+            ok = trace.final_answer == task.gold
+            return Grade(ok, float(ok), "" if ok else "wrong")
+
+        yield SimpleEnvironment(tools=[], grader=grade)
+
+
+def passes(spec: Spec, category: str) -> bool:
+    if category == "math":
+        return "USE-CALC" in spec.agent.system_prompt or spec.intelligence.temperature >= 1.5
+    if category == "recall":
+        return spec.memory.top_k == 9
+    return spec.intelligence.temperature < 1.0
+
+
+class StudentFactory:
+    """student(spec) -> a scripted model; counts the model calls it serves."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, spec: Spec) -> ScriptedChatModel:
+        def reply(messages):
+            self.calls += 1
+            question = next(m.content for m in reversed(messages) if isinstance(m, HumanMessage))
+            _, category, gold = question.split(":")
+            return gold if passes(spec, category) else "no idea"
+
+        return ScriptedChatModel(script=[reply] * 50)
