@@ -237,6 +237,10 @@ async def plan(state: SearchState, config: RunnableConfig) -> dict:
         proposals = await rt.proposer.propose(ctx)
     finally:
         _record_cost(rt, sid, "plan", spent)
+    # Auto-tier proposals first: a proposal paused for review must not hold back the ones
+    # that need no human.
+    order = {"auto": 0, "review": 1, "manual": 2}
+    proposals = sorted(proposals, key=lambda p: order[risk_tier(p, spec)])
     tiers = [risk_tier(p, spec) for p in proposals]
     rt.store.add_proposals(sid, proposals, tiers)
     plan_doc = [{"id": p.id, "target_cluster": p.target_cluster, "tier": t,

@@ -1,0 +1,304 @@
+"""The teacher: a frontier (or large local) chat model that diagnoses and proposes, and
+what it costs.
+
+Every teacher call goes through a `CostMeter`: `check()` before the call refuses it when it
+could take the session or the total spend over its cap, `record()` after it adds what the
+call cost. Retries and fallbacks are calls like any other; a finished call that reports no
+usage is charged at the estimate its `check()` made, never as free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+
+from homespun.spec.models import LearningSpec
+
+# List prices in USD per million tokens (input, output), keyed by model-name prefix; the
+# longest matching prefix wins. Local providers cost nothing per token.
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    # Anthropic
+    "claude-opus-4-6": (5.0, 25.0),
+    "claude-opus-4-5": (5.0, 25.0),
+    "claude-opus-4-1": (15.0, 75.0),
+    "claude-opus-4": (15.0, 75.0),
+    "claude-sonnet-4": (3.0, 15.0),
+    "claude-haiku-4": (1.0, 5.0),
+    # OpenAI
+    "gpt-5.4": (2.5, 15.0),
+    "gpt-5.2": (1.75, 14.0),
+    "gpt-5-pro": (15.0, 120.0),
+    "gpt-5-mini": (0.25, 2.0),
+    "gpt-5-nano": (0.05, 0.4),
+    "gpt-5": (1.25, 10.0),
+    "gpt-4.1-mini": (0.4, 1.6),
+    "gpt-4.1-nano": (0.1, 0.4),
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4o-mini": (0.15, 0.6),
+    "gpt-4o": (2.5, 10.0),
+    # Local providers: the teacher runs on the user's own hardware.
+    "ollama:": (0.0, 0.0),
+    "openai_compatible:": (0.0, 0.0),
+}
+
+# A model we have no price for is charged as the dearest one we know, so an unknown model can
+# only make the meter stop early, never let spend run past a cap.
+_FALLBACK_PRICE = max(PRICES_PER_MTOK.values(), key=lambda p: p[0] + p[1])
+
+PROVIDERS = ("anthropic", "openai", "ollama", "openai_compatible")
+
+_ACCEPTED_FORMS = (
+    "'anthropic:MODEL' (e.g. 'anthropic:claude-opus-4-6'), 'openai:MODEL' (e.g. "
+    "'openai:gpt-5'), 'ollama:MODEL[@URL]' (e.g. 'ollama:qwen2.5:14b'), "
+    "'openai_compatible:MODEL@URL' (e.g. 'openai_compatible:qwen@http://127.0.0.1:8000/v1')"
+)
+
+
+def price_for(model: str) -> tuple[tuple[float, float], bool]:
+    """((input $, output $) per 1M tokens, known) for a model name, with or without its
+    provider prefix ('anthropic:claude-opus-4-6' or 'claude-opus-4-6')."""
+    candidates = [model]
+    provider, sep, bare = model.partition(":")
+    if sep and provider in PROVIDERS:
+        candidates.append(bare)
+    for name in candidates:
+        matches = [p for p in PRICES_PER_MTOK if name.startswith(p)]
+        if matches:
+            return PRICES_PER_MTOK[max(matches, key=len)], True
+    return _FALLBACK_PRICE, False
+
+
+@dataclass
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+class BudgetExceeded(RuntimeError):
+    """A teacher call was refused because it could take spend over a cap."""
+
+    def __init__(self, budget: str, spent_usd: float, cap_usd: float, next_call_usd: float,
+                 field: str):
+        self.budget = budget  # "session" or "total"
+        self.spent_usd = spent_usd
+        self.cap_usd = cap_usd
+        self.next_call_usd = next_call_usd
+        super().__init__(
+            f"teacher {budget} budget exceeded: spent ${spent_usd:.4f} of the "
+            f"${cap_usd:.2f} {budget} cap (learning.budgets.{field}); the next teacher call "
+            f"could cost up to ${next_call_usd:.4f}"
+        )
+
+
+class CostMeter:
+    """Spend of one session's teacher calls against the session and total caps."""
+
+    def __init__(self, *, session_cap_usd: float, total_cap_usd: float,
+                 spent_before_usd: float = 0.0, model: str):
+        self.session_cap_usd = float(session_cap_usd)
+        self.total_cap_usd = float(total_cap_usd)
+        self.spent_before_usd = float(spent_before_usd)
+        self.model = model
+        (self.input_price, self.output_price), self.price_known = price_for(model)
+        self.spent_usd = 0.0  # this session
+        self.calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.estimated_calls = 0  # finished calls that reported no usage
+        self._last_estimate_usd = 0.0
+
+    @classmethod
+    def from_spec(cls, learning: LearningSpec, *, spent_before_usd: float = 0.0,
+                  model: str | None = None) -> CostMeter:
+        return cls(
+            session_cap_usd=learning.budgets.max_cost_per_session_usd,
+            total_cap_usd=learning.budgets.max_total_cost_usd,
+            spent_before_usd=spent_before_usd,
+            model=model or learning.teacher,
+        )
+
+    @property
+    def total_spent_usd(self) -> float:
+        return self.spent_before_usd + self.spent_usd
+
+    @property
+    def free(self) -> bool:
+        return self.input_price == 0 and self.output_price == 0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
+
+    def check(self, estimated_input_tokens: int = 0, max_output_tokens: int = 0) -> None:
+        """Raise BudgetExceeded if a call of this size could take spend over either cap."""
+        estimate = self.cost(estimated_input_tokens, max_output_tokens)
+        self._last_estimate_usd = estimate
+        # With a priced model any call costs something, so a reached cap refuses every call.
+        reached = not self.free
+        for budget, spent, cap, field in (
+            ("session", self.spent_usd, self.session_cap_usd, "max_cost_per_session_usd"),
+            ("total", self.total_spent_usd, self.total_cap_usd, "max_total_cost_usd"),
+        ):
+            if spent + estimate > cap + 1e-12 or (reached and spent >= cap):
+                raise BudgetExceeded(budget, spent, cap, estimate, field)
+
+    def record(self, usage: Usage | dict[str, Any] | AIMessage | None) -> float:
+        """Add a finished call; returns its cost. Counts the call even when it reports no
+        usage (then the estimate of the last check() is charged)."""
+        self.calls += 1
+        tokens = _usage_of(usage)
+        if tokens is None:
+            self.estimated_calls += 1
+            cost = self._last_estimate_usd
+        else:
+            self.input_tokens += tokens.input_tokens
+            self.output_tokens += tokens.output_tokens
+            cost = self.cost(tokens.input_tokens, tokens.output_tokens)
+        self.spent_usd += cost
+        return cost
+
+    def __repr__(self) -> str:
+        return (f"CostMeter(model={self.model!r}, calls={self.calls}, "
+                f"spent_usd={self.spent_usd:.6f}, session_cap_usd={self.session_cap_usd}, "
+                f"total={self.total_spent_usd:.6f}/{self.total_cap_usd})")
+
+
+def _usage_of(usage: Usage | dict[str, Any] | AIMessage | None) -> Usage | None:
+    if usage is None:
+        return None
+    if isinstance(usage, Usage):
+        return usage
+    if isinstance(usage, AIMessage):
+        meta = usage.usage_metadata
+        if not meta:
+            return None
+        return Usage(int(meta.get("input_tokens") or 0), int(meta.get("output_tokens") or 0))
+    if isinstance(usage, dict):
+        if "input_tokens" in usage or "output_tokens" in usage:
+            return Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+        if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI's names
+            return Usage(int(usage.get("prompt_tokens") or 0),
+                         int(usage.get("completion_tokens") or 0))
+        return None
+    raise TypeError(f"cannot read token usage from {type(usage).__name__}")
+
+
+# --------------------------------------------------------------------------- building
+
+
+class TeacherConfigError(ValueError):
+    """learning.teacher names a teacher that cannot be built here (key, extra, form)."""
+
+
+def parse_teacher(name: str) -> tuple[str, str]:
+    """'anthropic:claude-opus-4-6' -> ('anthropic', 'claude-opus-4-6').
+
+    For ollama and openai_compatible the model part keeps its '@URL', as written.
+    """
+    provider, sep, model = (name or "").strip().partition(":")
+    if not sep or provider not in PROVIDERS or not model.strip():
+        raise ValueError(
+            f"learning.teacher = {name!r} is not a teacher id; accepted forms: {_ACCEPTED_FORMS}"
+        )
+    model = model.strip()
+    if provider == "openai_compatible":
+        _, url = _split_endpoint(model)
+        if not url:
+            raise ValueError(
+                f"learning.teacher = {name!r}: an openai_compatible teacher needs its endpoint, "
+                f"as 'openai_compatible:MODEL@http://host:port/v1'; accepted forms: "
+                f"{_ACCEPTED_FORMS}"
+            )
+    if provider == "ollama" and "@" in model:
+        _split_endpoint(model)  # validates the URL part
+    return provider, model
+
+
+def _split_endpoint(model: str) -> tuple[str, str | None]:
+    """'qwen@http://host:8000/v1' -> ('qwen', 'http://host:8000/v1')."""
+    bare, sep, url = model.rpartition("@")
+    if not sep:
+        return model, None
+    if not bare or not url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"learning.teacher: {model!r} must be MODEL@http(s)://host[:port]/...; "
+            f"accepted forms: {_ACCEPTED_FORMS}"
+        )
+    return bare, url
+
+
+def _key(env: str, name: str) -> str:
+    key = os.environ.get(env)
+    if not key:
+        raise TeacherConfigError(
+            f"learning.teacher = {name!r} needs an API key: set the environment variable {env} "
+            f"(or set learning.teacher = '' to use the rule-based diagnoser and the random "
+            f"proposer)"
+        )
+    return key
+
+
+def build_teacher(name: str, *, max_tokens: int = 4096, base_url: str | None = None,
+                  timeout_s: float = 300.0) -> BaseChatModel:
+    """The LangChain chat model for `learning.teacher`.
+
+    SDK retries are off (max_retries=0): a retry is a call, and the caller that retries does
+    so through the cost meter. `base_url` overrides the provider's endpoint (a proxy, or a
+    loopback stub in tests); ANTHROPIC_BASE_URL / OPENAI_BASE_URL are honoured as usual.
+    """
+    provider, model = parse_teacher(name)
+    if provider == "anthropic":
+        try:
+            from langchain_anthropic import ChatAnthropic
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise TeacherConfigError(
+                f"learning.teacher = {name!r} needs the anthropic extra: "
+                "pip install 'homespun[anthropic]'"
+            ) from exc
+        kwargs: dict[str, Any] = {"base_url": base_url} if base_url else {}
+        return ChatAnthropic(
+            model=model, api_key=_key("ANTHROPIC_API_KEY", name), max_tokens=max_tokens,
+            timeout=timeout_s, max_retries=0, **kwargs,
+        )
+    if provider in ("openai", "openai_compatible"):
+        from langchain_openai import ChatOpenAI
+
+        if provider == "openai":
+            key, url = _key("OPENAI_API_KEY", name), base_url
+        else:
+            model, url = _split_endpoint(model)
+            url = base_url or url
+            key = os.environ.get("OPENAI_API_KEY") or "not-needed"
+        return ChatOpenAI(
+            model=model, api_key=key, base_url=url, max_tokens=max_tokens, timeout=timeout_s,
+            max_retries=0, stream_usage=True,
+        )
+    if provider == "ollama":
+        try:
+            from langchain_ollama import ChatOllama
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise TeacherConfigError(
+                f"learning.teacher = {name!r} needs the ollama extra: "
+                "pip install 'homespun[ollama]'"
+            ) from exc
+        model, url = _split_endpoint(model) if "@" in model else (model, None)
+        return ChatOllama(
+            model=model, base_url=base_url or url, num_predict=max_tokens,
+            client_kwargs={"timeout": timeout_s},
+        )
+    raise AssertionError(provider)  # pragma: no cover - parse_teacher admits only PROVIDERS
+
+
+def max_output_tokens(model: Any, default: int = 4096) -> int:
+    """The most tokens one reply of `model` may have (for budget estimates)."""
+    for attr in ("max_tokens", "max_completion_tokens", "num_predict"):
+        value = getattr(model, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    bound = getattr(model, "bound", None)  # a RunnableBinding from bind_tools
+    if bound is not None and bound is not model:
+        return max_output_tokens(bound, default)
+    return default
