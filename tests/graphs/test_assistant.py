@@ -136,7 +136,7 @@ async def test_verifier_sends_the_agent_back_once(settings):
 async def test_conversation_persists_on_a_thread(settings):
     model = ScriptedChatModel(script=["Nice to meet you, Ada.",
                                       lambda msgs: f"seen {sum(isinstance(m, HumanMessage) for m in msgs)}"])
-    spec = spec_with("simple")
+    spec = spec_with("simple", few_shot=[])
     await run_assistant(spec, settings, "I am Ada", model=model, tools=[], thread_id="t1")
     res = await run_assistant(spec, settings, "Who am I?", model=model, tools=[],
                               thread_id="t1")

@@ -685,7 +685,7 @@ async def test_compound_proposal_applies_every_op_across_primitives(settings):
         (SetMemoryParam(param="top_k", value=0), "set_memory_param", "memory.top_k"),
         (PatchSystemPrompt(mode="replace_text", old="no such words", text="x"),
          "patch_system_prompt", "agent.system_prompt"),
-        (EditFewShot(action="remove", index=0), "edit_few_shot", "agent.few_shot"),
+        (EditFewShot(action="remove", index=7), "edit_few_shot", "agent.few_shot"),
         (EditFewShot(action="add"), "edit_few_shot", "edit_few_shot add needs an example"),
         (SetToolDescription(server="core", tool="calculator", description="   "),
          "set_tool_description", "tools.servers[0].descriptions"),
@@ -752,7 +752,7 @@ def test_tricky_values_survive_a_toml_round_trip_after_apply(text):
     back = parse_spec(render_spec(spec))
     assert back.content_hash() == spec.content_hash()
     assert back.agent.system_prompt == f"{text.rstrip()}\n{text}"
-    assert back.agent.few_shot[0].user == text
+    assert back.agent.few_shot[-1].user == text
     assert back.tools.server("core").descriptions["think"] == text
     # and through an existing file's text (the path `save_spec` takes)
     previous = render_spec(Spec())

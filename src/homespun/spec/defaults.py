@@ -45,8 +45,22 @@ max_turns = 6          # model calls per question
 tool_policy = "auto"   # auto | required_first | none
 max_plan_steps = 4     # plan_execute only
 repeat_guard = true    # a repeated identical tool call gets "answer now" instead of a rerun
-# few_shot = [{{ user = "What is 2 + 2?", assistant = "4" }}]
 # verifiers = [{{ kind = "non_empty", feedback = "Give a final answer." }}]
+
+# Worked examples shown before every conversation (a tool round trip when `tool` is set).
+[[agent.few_shot]]
+user = "What is 12 * 12? Use the calculator."
+tool = "calculator"
+arguments = {{ expression = "12 * 12" }}
+tool_result = "144"
+assistant = "12 * 12 = 144"
+
+[[agent.few_shot]]
+user = "Where is my passport? Search memory."
+tool = "search_memory"
+arguments = {{ query = "passport" }}
+tool_result = "[3] My passport is in the desk drawer."
+assistant = "Your passport is in the desk drawer."
 
 [memory]
 backend = "sqlite_fts5"
