@@ -59,7 +59,7 @@ def student(spec: Spec) -> ScriptedChatModel:
 
 async def main(sessions: int, proposals: int) -> None:
     bench = SyntheticBenchmark()
-    search_loop.get_benchmark = lambda name: bench
+    search_loop.get_benchmark = lambda name, *args: bench
     runs = {"gate": 0, "other": 0}
     decisions = 0
     gate_tasks = 0

@@ -46,7 +46,7 @@ def teacher_script() -> ScriptedChatModel:
 @pytest.fixture
 def toy(monkeypatch):
     bench = ToyBenchmark()
-    monkeypatch.setattr(search_loop, "get_benchmark", lambda name: bench)
+    monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *args: bench)
     return bench
 
 

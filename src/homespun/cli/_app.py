@@ -284,8 +284,10 @@ def feedback(trace_id: str, value: Annotated[str, typer.Argument(help="up | down
 
 
 @app.command()
-def quickstart():
-    """First run, offline: set up, pull the default model, answer with MCP tools, show traces."""
+def quickstart(search: Annotated[bool, typer.Option(
+        help="Finish with a short spec-search session on a scratch copy.")] = True):
+    """First run, offline: set up, pull the default model, answer with MCP tools, show the
+    traces, then a short spec-search session (evaluate, diagnose, propose, gate, commit)."""
     from ._quickstart import run_quickstart
 
-    run_quickstart()
+    run_quickstart(search=search)

@@ -42,6 +42,11 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def quiet_libraries() -> None:
-    # LangGraph Studio analytics and tokenizers chatter are not for our users.
+    # LangGraph Studio analytics and tokenizers chatter are not for our users; tool errors
+    # are recorded in traces (and shown there), not logged by the MCP server to the terminal.
+    import logging
+
     os.environ.setdefault("LANGGRAPH_CLI_NO_ANALYTICS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("fastmcp", "mcp", "httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)

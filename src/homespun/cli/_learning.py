@@ -164,7 +164,7 @@ def learning_run(
 
     st = settings()
     current_spec(st)
-    tasks = _limited(get_benchmark(benchmark).tasks(), limit) if limit else None
+    tasks = _limited(get_benchmark(benchmark, st).tasks(), limit) if limit else None
     try:
         result = run_async(run_search(st, benchmark=benchmark, proposer=proposer,
                                       sessions=sessions, resume=resume, on_event=EventPrinter(),
@@ -310,7 +310,7 @@ def benchmark_show(name: Annotated[str, typer.Argument(help="starter | agentdojo
     spec = current_spec(st) if st.spec_path.exists() else None
     seed = spec.learning.gate.seed if spec else 0
     try:
-        bench = get_benchmark(name)
+        bench = get_benchmark(name, st)
         tasks = bench.tasks()
     except (SearchSetupError, RuntimeError) as exc:
         fail(str(exc))
@@ -342,7 +342,7 @@ def bench_run(
     st = settings()
     try:
         spec = load_spec(spec_file) if spec_file else current_spec(st)
-        bench = get_benchmark(benchmark)
+        bench = get_benchmark(benchmark, st)
     except (SpecError, SearchSetupError, RuntimeError) as exc:
         fail(str(exc))
     tasks = bench.tasks()

@@ -17,7 +17,7 @@ QUESTIONS = (
 )
 
 
-def run_quickstart() -> None:
+def run_quickstart(search: bool = True) -> None:
     from homespun.engines.catalog import ModelNotAvailable, pull_model, resolve_model_path
     from homespun.graphs.runner import run_assistant
 
@@ -70,6 +70,58 @@ def run_quickstart() -> None:
         console.print("[dim]The default model is tiny (135M parameters): it calls tools "
                       "reliably under constrained decoding but often gets facts wrong. That "
                       "is the gap spec search is for.[/]")
-    console.print("Spec search (`homespun learning run`) is not part of this release yet.")
+    if search:
+        _search_demo(st, spec)
     console.print("Next: [bold]homespun chat[/] · [bold]homespun traces list[/] · "
-                  "[bold]homespun spec show[/]")
+                  "[bold]homespun learning run[/] · [bold]homespun spec show[/]")
+
+
+def _search_demo(st, spec) -> None:
+    """A short spec-search session on the starter benchmark, on a scratch copy of the spec
+    (the quickstart never edits your own spec)."""
+    from homespun.learning.benchmarks.starter import StarterBenchmark
+    from homespun.learning.checkpoints import CheckpointRepo
+    from homespun.learning.loop import run_search
+    from homespun.spec import Settings, save_spec
+    from homespun.spec.models import OP_NAMES
+
+    from ._learning import EventPrinter, _limited
+
+    console.print(Rule("spec search (demo)"))
+    demo = Settings(home=st.home / "quickstart-search", models_dir=st.models_path)
+    init_home(demo)
+    demo_spec = spec.model_copy(deep=True)
+    demo_spec.tools.servers = [s for s in demo_spec.tools.servers if s.kind == "builtin"]
+    demo_spec.learning.tier_overrides = {op: "auto" for op in OP_NAMES}
+    demo_spec.learning.budgets.max_proposals_per_session = 2
+    save_spec(demo_spec, demo.spec_path)
+    repo = CheckpointRepo(demo.home, demo.spec_path)
+    if not repo.file_matches_head():
+        repo.repo.index.add([demo.spec_path.name])
+        repo.repo.index.commit("quickstart demo settings")
+    teacher = spec.learning.teacher
+    console.print(
+        f"On a scratch copy of your spec in {demo.home}: every edit tier set to auto, "
+        "2 proposals, 4 starter tasks per category split into search and held-out gate sets. "
+        + ("Teacher: " + teacher if teacher else
+           "No teacher is configured, so this uses the rule-based diagnoser and the "
+           "template-random proposer.")
+    )
+    tasks = _limited(StarterBenchmark().tasks(), 4)
+    result = run_async(run_search(demo, benchmark="starter",
+                                  proposer=spec.learning.proposer if teacher else "random",
+                                  sessions=1, tasks=tasks, on_event=EventPrinter()))
+    from homespun.learning.store import LearningStore
+
+    store = LearningStore(demo.home / "learning" / "learning.db")
+    session = store.session(result.sessions[-1])
+    accepted = store.proposals(session.id, status="accepted")
+    before, after = session.gate_score_before, session.gate_score_after
+    if accepted:
+        console.print(f"[green]{len(accepted)} edit(s) accepted[/]: held-out accuracy "
+                      f"{before:.3f} → {after:.3f}; see `HOMESPUN_HOME={demo.home} homespun "
+                      f"learning show {session.id}`.")
+    else:
+        console.print(f"This session found no edit that passed the gate (held-out accuracy "
+                      f"stays {before if before is not None else 0:.3f}); rejected edits left "
+                      "nothing on disk. Later sessions try other edits.")

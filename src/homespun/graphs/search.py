@@ -106,11 +106,36 @@ class SearchState(TypedDict, total=False):
     gate_score_after: float | None
 
 
+_DEFAULT_RUNTIMES: dict[str, SearchRuntime] = {}
+
+
+def default_runtime(configurable: dict[str, Any]) -> SearchRuntime:
+    """A runtime from HOMESPUN_HOME and the spec, for hosts that cannot pass one (LangGraph
+    Studio): `benchmark` and `proposer` may come from the run's configurable."""
+    from homespun.learning.benchmarks.registry import get_benchmark
+    from homespun.learning.proposers import make_proposer
+    from homespun.learning.teacher import CostMeter, build_teacher
+    from homespun.spec import load_spec
+
+    key = f"{configurable.get('thread_id')}:{configurable.get('benchmark')}"
+    if key not in _DEFAULT_RUNTIMES:
+        settings = Settings()
+        spec = load_spec(settings.spec_path)
+        teacher = build_teacher(spec.learning.teacher) if spec.learning.teacher else None
+        store = LearningStore(settings.home / "learning" / "learning.db")
+        meter = CostMeter.from_spec(spec.learning, spent_before_usd=store.total_cost())
+        proposer = configurable.get("proposer") or spec.learning.proposer
+        _DEFAULT_RUNTIMES[key] = SearchRuntime(
+            settings=settings,
+            benchmark=get_benchmark(configurable.get("benchmark", "starter"), settings),
+            proposer=make_proposer(proposer), teacher=teacher, meter=meter)
+    return _DEFAULT_RUNTIMES[key]
+
+
 def _runtime(config: RunnableConfig) -> SearchRuntime:
-    rt = (config.get("configurable") or {}).get("runtime")
-    if rt is None:
-        raise RuntimeError("the search graph needs a SearchRuntime in config['configurable']")
-    return rt
+    configurable = config.get("configurable") or {}
+    rt = configurable.get("runtime")
+    return rt if rt is not None else default_runtime(configurable)
 
 
 def _session_dir(rt: SearchRuntime, sid: str):
@@ -139,8 +164,10 @@ async def diagnose(state: SearchState, config: RunnableConfig) -> dict:
     from homespun.learning.diagnosis import FailedRun, rule_based_diagnosis, teacher_diagnosis
 
     rt = _runtime(config)
-    sid = state["session_id"]
     spec = rt.checkpoints.head_spec()
+    sid = state.get("session_id") or rt.store.new_session(
+        benchmark=rt.benchmark.name, proposer=getattr(rt.proposer, "name", "?"),
+        teacher=spec.learning.teacher, spec_hash=spec.content_hash())
     search, held_out = rt.split(spec)
     rt.emit("phase", name="diagnose", search_tasks=len(search), gate_tasks=len(held_out))
     result = await rt.evaluate(spec, search, "diagnose: current spec on the search set")
@@ -164,7 +191,7 @@ async def diagnose(state: SearchState, config: RunnableConfig) -> dict:
     rt.store.update_session(sid, gate_score_before=gate_now.accuracy)
     if not failures:
         rt.store.update_session(sid, status="nothing_to_fix", note="every search task passed")
-        return {"status": "nothing_to_fix", "diagnosis": None,
+        return {"session_id": sid, "status": "nothing_to_fix", "diagnosis": None,
                 "gate_score_before": gate_now.accuracy}
     narrative = ""
     if rt.teacher is not None:
@@ -182,7 +209,7 @@ async def diagnose(state: SearchState, config: RunnableConfig) -> dict:
         narrative = "Rule-based diagnosis (no teacher configured)."
     _write_diagnosis(rt, sid, diagnosis, narrative, result)
     rt.emit("diagnosis", diagnosis=diagnosis)
-    return {"diagnosis": diagnosis.model_dump(), "status": "running",
+    return {"session_id": sid, "diagnosis": diagnosis.model_dump(), "status": "running",
             "gate_score_before": gate_now.accuracy}
 
 
@@ -230,7 +257,7 @@ async def plan(state: SearchState, config: RunnableConfig) -> dict:
         max_proposals=spec.learning.budgets.max_proposals_per_session,
         seed=spec.learning.gate.seed + len(rt.store.sessions(limit=1000)),
         teacher=rt.teacher, meter=rt.meter, evaluate=evaluate_clusters,
-        tool_names=rt.extra.get("tool_names", {}),
+        tool_names=rt.extra.get("tool_names") or await _tool_names(spec, rt.settings),
     )
     spent = float(getattr(rt.meter, "spent_usd", 0.0))
     try:
@@ -250,6 +277,25 @@ async def plan(state: SearchState, config: RunnableConfig) -> dict:
     (_session_dir(rt, sid) / "plan.json").write_text(json.dumps(plan_doc, indent=2))
     rt.emit("plan", proposals=proposals, tiers=tiers)
     return {"proposals": [p.model_dump() for p in proposals], "tiers": tiers, "index": 0}
+
+
+async def _tool_names(spec: Spec, settings: Settings) -> dict[str, list[str]]:
+    """Server -> the tool names it offers (all of them, disabled ones included), so tool
+    edits can name real tools. A server that fails to start is left out, not fatal."""
+    from homespun.mcp_servers.loader import open_tools
+
+    names: dict[str, list[str]] = {}
+    for server in spec.tools.servers:
+        probe = spec.model_copy(deep=True)
+        only = probe.tools.server(server.name)
+        only.enabled, only.disabled, only.descriptions = ["*"], [], {}
+        probe.tools.servers = [only]
+        try:
+            async with open_tools(probe, settings) as loaded:
+                names[server.name] = sorted(loaded.server_of)
+        except Exception:  # noqa: BLE001 - reported by the run itself when it matters
+            continue
+    return names
 
 
 async def execute(state: SearchState, config: RunnableConfig) -> dict:

@@ -22,3 +22,13 @@ async def assistant(config: Any = None):
     spec = load_spec(settings.spec_path)
     loaded = await load_tools_stateless(spec, settings)
     return build_assistant_graph(spec, build_chat_model(spec, settings), loaded.tools)
+
+
+def search():
+    """The spec-search session graph. A run's configurable may name `benchmark`
+    ('starter', 'personal', 'agentdojo:SUITE') and `proposer`; review-tier proposals pause
+    with an interrupt that Studio shows, resumed with {"approve": true} or
+    {"approve": false, "reason": "..."}."""
+    from .search import build_search_graph
+
+    return build_search_graph()

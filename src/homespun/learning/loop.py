@@ -25,18 +25,15 @@ class SearchSetupError(RuntimeError):
     pass
 
 
-def get_benchmark(name: str) -> Benchmark:
-    """'starter' | 'agentdojo:SUITE'."""
-    if name == "starter":
-        from homespun.learning.benchmarks.starter import StarterBenchmark
+def get_benchmark(name: str, settings: Settings | None = None) -> Benchmark:
+    """'starter' | 'personal' | 'agentdojo:SUITE' (errors as SearchSetupError)."""
+    from homespun.learning.benchmarks.registry import UnknownBenchmark
+    from homespun.learning.benchmarks.registry import get_benchmark as lookup
 
-        return StarterBenchmark()
-    if name.startswith("agentdojo:"):
-        from homespun.learning.benchmarks.agentdojo import AgentDojoBenchmark
-
-        return AgentDojoBenchmark(name.split(":", 1)[1])
-    raise SearchSetupError(f"unknown benchmark {name!r}: use 'starter' or 'agentdojo:SUITE' "
-                           "(banking, slack, travel, workspace)")
+    try:
+        return lookup(name, settings)
+    except UnknownBenchmark as exc:
+        raise SearchSetupError(str(exc)) from exc
 
 
 @dataclass
@@ -113,7 +110,7 @@ async def run_search(
     repo = CheckpointRepo(settings.home, settings.spec_path)
     store = _store(settings)
     out = LoopResult()
-    bench = get_benchmark(benchmark)
+    bench = get_benchmark(benchmark, settings)
     async with _graph(settings) as graph:
         if resume:
             sid = _resumable(store, graph_state_of=None)
@@ -129,7 +126,7 @@ async def run_search(
                 return out
             spec = load_spec(settings.spec_path)
             t, meter = _teacher_and_meter(spec, store, teacher)
-            rt = _runtime(settings, get_benchmark(row.benchmark), _proposer(row.proposer, t), t,
+            rt = _runtime(settings, get_benchmark(row.benchmark, settings), _proposer(row.proposer, t), t,
                           meter, student, on_event, concurrency, tasks)
             result = await _drive(graph, None, sid, rt)
             out.sessions.append(sid)
@@ -210,7 +207,7 @@ async def decide_review(
     session = store.session(row["session_id"])
     spec = load_spec(settings.spec_path)
     t, meter = _teacher_and_meter(spec, store, teacher)
-    rt = _runtime(settings, get_benchmark(session.benchmark), _proposer(session.proposer, t), t,
+    rt = _runtime(settings, get_benchmark(session.benchmark, settings), _proposer(session.proposer, t), t,
                   meter, student, on_event, concurrency, tasks)
     out = LoopResult(sessions=[session.id])
     async with _graph(settings) as graph:

@@ -131,17 +131,25 @@ _GENERIC_HINTS = (
     "Think about which tool fits a {category} question before you answer.",
 )
 
-_FEW_SHOT: dict[str, tuple[str, str]] = {
-    "arithmetic": ("What is 37 * 41?", "I used the calculator: 37 * 41 = 1517. The answer "
-                   "is 1517."),
-    "math": ("What is 37 * 41?", "I used the calculator: 37 * 41 = 1517. The answer is "
-             "1517."),
-    "memory": ("What is my favourite colour?", "I searched my memory first; you told me it "
-               "is green."),
-    "files": ("What does notes.txt say about the meeting?", "I read notes.txt: the meeting "
-              "is on Tuesday at 10:00."),
-    "time": ("What day of the week is it?", "I checked current_time: it is Wednesday."),
+# Worked tool round trips per skill (user, tool, arguments, tool result, answer). None of
+# them is a benchmark task: an example must teach the pattern, never leak an answer.
+_FEW_SHOT: dict[str, tuple[str, str, dict, str, str]] = {
+    "arithmetic": ("What is 25 * 4? Use the calculator.", "calculator",
+                   {"expression": "25 * 4"}, "100", "25 * 4 = 100"),
+    "memory_recall": ("Who is my doctor? Search memory.", "search_memory",
+                      {"query": "doctor"}, "[2] My doctor is Dr. Silva.",
+                      "Your doctor is Dr. Silva."),
+    "memory_store": ("Remember that my car is blue.", "remember",
+                     {"text": "My car is blue."}, "Remembered (id 4)",
+                     "Saved: your car is blue."),
+    "files": ("Read notes/plan.txt. When is the meeting?", "read_file",
+              {"path": "notes/plan.txt"}, "Team meeting on Tuesday at 10:00.",
+              "The meeting is on Tuesday at 10:00."),
+    "time": ("What is today's date? Use current_time.", "current_time",
+             {"timezone": "UTC"}, "2025-03-04T09:15:00+00:00", "Today is 2025-03-04."),
 }
+_FEW_SHOT["math"] = _FEW_SHOT["arithmetic"]
+_FEW_SHOT["memory"] = _FEW_SHOT["memory_recall"]
 
 
 def _tool_for(t: TemplateInput) -> str:
@@ -219,11 +227,17 @@ def _loop(t: TemplateInput) -> EditOp | None:
 
 
 def _few_shot(t: TemplateInput) -> EditOp | None:
-    user, assistant = _FEW_SHOT.get(t.category.lower(), (
-        f"A {t.category} question: what is the answer?",
-        f"I called {_tool_for(t)} first; its result is the answer, so I report it exactly.",
-    ))
-    example = FewShotExample(user=user, assistant=assistant)
+    worked = _FEW_SHOT.get(t.category.lower())
+    offered = {tool for _, tool in offered_tools(t.spec, t.tool_names)}
+    if worked and (worked[1] in offered or not t.tool_names):
+        user, tool, arguments, result, answer = worked
+        example = FewShotExample(user=user, tool=tool, arguments=arguments,
+                                 tool_result=result, assistant=answer)
+    else:
+        example = FewShotExample(
+            user=f"A {t.category} question: what is the answer?",
+            assistant=f"I called {_tool_for(t)} first; its result is the answer, so I report "
+                      "it exactly.")
     if example in t.spec.agent.few_shot:
         return None
     return EditFewShot(action="add", example=example)
