@@ -113,6 +113,9 @@ class EventPrinter:
     def on_review(self, proposal: Any, tier: str):
         pass
 
+    def on_note(self, text: str):
+        console.print(f"[yellow]note:[/] {escape(text)}")
+
     def on_session_done(self, session_id: str, before: float | None, after: float | None):
         b = "—" if before is None else f"{before:.3f}"
         a = "—" if after is None else f"{after:.3f}"
@@ -130,11 +133,13 @@ def _report(result: Any) -> None:
 
 
 def _errors():
+    from homespun.learning.benchmarks.personal import NoPersonalBenchmark, PersonalBenchmarkError
     from homespun.learning.checkpoints import CheckpointError, DirtySpec
     from homespun.learning.loop import SearchSetupError
-    from homespun.learning.teacher import BudgetExceeded
+    from homespun.learning.teacher import BudgetExceeded, TeacherConfigError
 
-    return (DirtySpec, CheckpointError, SearchSetupError, BudgetExceeded, KeyError)
+    return (DirtySpec, CheckpointError, SearchSetupError, BudgetExceeded, KeyError,
+            PersonalBenchmarkError, NoPersonalBenchmark, TeacherConfigError)
 
 
 @learning_app.command("init")
@@ -150,7 +155,8 @@ def learning_init():
 
 @learning_app.command("run")
 def learning_run(
-    benchmark: Annotated[str, typer.Option(help="starter | agentdojo:SUITE")] = "starter",
+    benchmark: Annotated[str, typer.Option(help="starter | personal | agentdojo:SUITE")]
+    = "starter",
     proposer: Annotated[str | None, typer.Option(help="llm | random | evolutionary "
                                                  "(default: learning.proposer)")] = None,
     sessions: Annotated[int, typer.Option(min=1, help="Sessions to run at most.")] = 1,
@@ -191,9 +197,12 @@ def learning_history(limit: Annotated[int, typer.Option()] = 20):
 
     store = LearningStore(settings().home / "learning" / "learning.db")
     table = Table(title="spec-search sessions")
-    for col in ("session", "started", "status", "benchmark", "proposer", "gate before",
-                "gate after", "accepted", "cost $"):
-        table.add_column(col)
+    table.add_column("session", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    for col in ("status", "benchmark", "proposer"):
+        table.add_column(col, overflow="fold")
+    for col in ("gate before", "gate after", "accepted", "cost $"):
+        table.add_column(col, justify="right")
     for s in store.sessions(limit):
         accepted = len(store.proposals(s.id, status="accepted"))
         total = len(store.proposals(s.id))
@@ -299,9 +308,38 @@ def learning_rollback(
     console.print(f"reverted: commit {sha[:10]}; spec restored")
 
 
+@benchmark_app.command("refresh")
+def benchmark_refresh(
+    max_tasks: Annotated[int, typer.Option(help="Newest distinct queries to keep.")] = 200,
+):
+    """Mine high-feedback traces into a new personal_vN.json, gold answers from the teacher."""
+    from homespun.learning.benchmarks.personal import readiness, refresh_personal_benchmark
+    from homespun.learning.store import LearningStore
+    from homespun.learning.teacher import CostMeter, build_teacher
+
+    st = settings()
+    spec = current_spec(st)
+    ready = readiness(st, spec.learning.privacy.min_feedback)
+    console.print(ready.message)
+    if not spec.learning.teacher:
+        fail("the personal benchmark's gold answers come from the teacher: set "
+             "learning.teacher (e.g. 'anthropic:claude-opus-4-6' or a local "
+             "'ollama:MODEL')")
+    store = LearningStore(st.home / "learning" / "learning.db")
+    try:
+        teacher = build_teacher(spec.learning.teacher)
+        meter = CostMeter.from_spec(spec.learning, spent_before_usd=store.total_cost())
+        path = run_async(refresh_personal_benchmark(
+            st, teacher=teacher, meter=meter, min_feedback=spec.learning.privacy.min_feedback,
+            max_tasks=max_tasks, scrub=spec.learning.privacy.scrub_pii))
+    except _errors() as exc:
+        fail(str(exc.args[0]) if exc.args else str(exc))
+    console.print(f"wrote {path} (teacher cost ${meter.spent_usd:.4f})")
+
+
 @benchmark_app.command("show")
-def benchmark_show(name: Annotated[str, typer.Argument(help="starter | agentdojo:SUITE")]
-                   = "starter"):
+def benchmark_show(name: Annotated[str, typer.Argument(
+        help="starter | personal | personal_vN | agentdojo:SUITE")] = "starter"):
     """The tasks of a benchmark and how they split into search and held-out gate sets."""
     from homespun.learning.gate import split_tasks
     from homespun.learning.loop import SearchSetupError, get_benchmark
@@ -312,7 +350,7 @@ def benchmark_show(name: Annotated[str, typer.Argument(help="starter | agentdojo
     try:
         bench = get_benchmark(name, st)
         tasks = bench.tasks()
-    except (SearchSetupError, RuntimeError) as exc:
+    except (SearchSetupError, RuntimeError, FileNotFoundError) as exc:
         fail(str(exc))
     search, held = split_tasks(tasks, seed=seed, benchmark=bench.name)
     held_ids = {t.id for t in held}

@@ -104,6 +104,7 @@ class SearchState(TypedDict, total=False):
     decision: dict | None
     gate_score_before: float | None
     gate_score_after: float | None
+    diagnosis_only: bool  # cold start: diagnose and stop (too few high-feedback traces)
 
 
 _DEFAULT_RUNTIMES: dict[str, SearchRuntime] = {}
@@ -409,7 +410,9 @@ async def finalize(state: SearchState, config: RunnableConfig) -> dict:
 
 
 def _after_diagnose(state: SearchState) -> str:
-    return "finalize" if state.get("status") == "nothing_to_fix" else "plan"
+    if state.get("status") == "nothing_to_fix" or state.get("diagnosis_only"):
+        return "finalize"
+    return "plan"
 
 
 def _after_plan(state: SearchState) -> str:

@@ -110,6 +110,17 @@ async def run_search(
     repo = CheckpointRepo(settings.home, settings.spec_path)
     store = _store(settings)
     out = LoopResult()
+    diagnosis_only = False
+    if benchmark.startswith("personal"):
+        from homespun.learning.benchmarks.personal import ColdStart, readiness
+
+        spec_now = load_spec(settings.spec_path)
+        ready = readiness(settings, spec_now.learning.privacy.min_feedback)
+        if ready.traces < 20:
+            raise ColdStart(ready.message)
+        diagnosis_only = not ready.ready_for_search
+        if on_event and diagnosis_only:
+            on_event("note", {"text": ready.message})
     bench = get_benchmark(benchmark, settings)
     async with _graph(settings) as graph:
         if resume:
@@ -156,7 +167,8 @@ async def run_search(
                                            "proposer": chosen, "teacher": spec.learning.teacher})
             try:
                 result = await _drive(graph, {"session_id": sid, "status": "running",
-                                              "approvals": {}}, sid, rt)
+                                              "approvals": {}, "diagnosis_only": diagnosis_only},
+                                      sid, rt)
             except Exception as exc:
                 store.update_session(sid, status="failed", note=f"{type(exc).__name__}: {exc}")
                 raise
@@ -164,6 +176,9 @@ async def run_search(
                 out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
                 out.stopped_because = "paused for review"
                 return out
+            if diagnosis_only:
+                out.stopped_because = "diagnosis only (cold start)"
+                break
             row = store.session(sid)
             out.gate_scores.append((row.gate_score_before, row.gate_score_after))
             score = row.gate_score_after

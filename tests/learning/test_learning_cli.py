@@ -1,0 +1,168 @@
+"""`homespun learning ...` and `homespun bench run` as a user runs them."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from homespun.cli import app
+from homespun.learning import loop as search_loop
+from homespun.learning.checkpoints import CheckpointRepo
+from homespun.learning.store import LearningStore
+from homespun.spec import load_spec, save_spec
+from homespun.spec.models import OP_NAMES
+
+from .test_search_session import teacher_script
+from .toy import ToyBenchmark
+
+runner = CliRunner()
+
+
+def _commit_spec(settings, **learning):
+    spec = load_spec(settings.spec_path)
+    for k, v in learning.items():
+        setattr(spec.learning.budgets if k.startswith("max_") else spec.learning, k, v)
+    save_spec(spec, settings.spec_path)
+    repo = CheckpointRepo(settings.home, settings.spec_path)
+    repo.repo.index.add([settings.spec_path.name])
+    repo.repo.index.commit("test settings")
+
+
+def test_learning_init_history_review_and_benchmark_show(home, settings):
+    assert runner.invoke(app, ["learning", "init"]).exit_code == 0
+    assert (home / ".git").is_dir() and (home / "learning").is_dir()
+    assert "Nothing waits for review" in runner.invoke(app, ["learning", "review"]).output
+    hist = runner.invoke(app, ["learning", "history"])
+    assert hist.exit_code == 0 and "spec-search sessions" in hist.output
+    shown = runner.invoke(app, ["learning", "benchmark", "show", "starter"])
+    assert shown.exit_code == 0
+    assert "arith-01" in shown.output and "search" in shown.output and "gate" in shown.output
+    bad = runner.invoke(app, ["learning", "run", "--benchmark", "nope"])
+    assert bad.exit_code == 1 and "unknown benchmark" in bad.output
+
+
+def test_rollback_without_edits_says_so(home, settings):
+    runner.invoke(app, ["init"])
+    res = runner.invoke(app, ["learning", "rollback", "--last"])
+    assert res.exit_code == 1 and "no accepted edit" in res.output
+
+
+def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
+    from .toy import StudentFactory
+
+    bench = ToyBenchmark()
+    monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
+    runner.invoke(app, ["init"])
+    student = StudentFactory()
+    real_run, real_decide = search_loop.run_search, search_loop.decide_review
+
+    async def run(*a, **k):
+        return await real_run(*a, **{**k, "student": student, "teacher": teacher_script()})
+
+    async def decide(*a, **k):
+        return await real_decide(*a, **{**k, "student": student, "teacher": teacher_script()})
+
+    monkeypatch.setattr(search_loop, "run_search", run)
+    monkeypatch.setattr(search_loop, "decide_review", decide)
+    res = runner.invoke(app, ["learning", "run", "--benchmark", "toy", "--proposer", "llm"])
+    assert res.exit_code == 0, res.output
+    assert "ACCEPT" in res.output and "REJECT" in res.output and "paused" in res.output
+    store = LearningStore(home / "learning" / "learning.db")
+    pending = store.proposals(status="pending_review")[0]["id"]
+    listed = runner.invoke(app, ["learning", "review"])
+    assert pending in listed.output
+    approved = runner.invoke(app, ["learning", "approve", pending])
+    assert approved.exit_code == 0, approved.output
+    assert store.proposal(pending)["status"] == "accepted"
+    sid = store.proposal(pending)["session_id"]
+    shown = runner.invoke(app, ["learning", "show", sid])
+    assert shown.exit_code == 0 and "accepted" in shown.output and "rejected" in shown.output
+    again = runner.invoke(app, ["learning", "approve", pending])
+    assert again.exit_code == 1 and "not waiting for review" in again.output
+
+
+def test_bench_run_prints_a_per_category_table(home, settings, monkeypatch):
+    from .toy import StudentFactory
+
+    bench = ToyBenchmark()
+    monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
+    runner.invoke(app, ["init"])
+    from homespun.learning import evaluation
+
+    real = evaluation.evaluate
+
+    async def evaluate(*a, **k):
+        return await real(*a, **{**k, "student": StudentFactory()})
+
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    res = runner.invoke(app, ["bench", "run", "--benchmark", "toy"])
+    assert res.exit_code == 0, res.output
+    for category in ("math", "recall", "tone", "all"):
+        assert category in res.output
+    assert "s/query" in res.output
+
+
+@pytest.mark.slow
+def test_agentdojo_banking_random_two_sessions_on_the_embedded_model(home, settings,
+                                                                    model_path):
+    runner.invoke(app, ["init"])
+    # A small subsample for CI, and no human in the loop: every op auto-tier.
+    _commit_spec(settings, max_proposals_per_session=1,
+                 tier_overrides={op: "auto" for op in OP_NAMES})
+    res = runner.invoke(app, ["learning", "run", "--benchmark", "agentdojo:banking",
+                              "--proposer", "random", "--sessions", "2", "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    store = LearningStore(home / "learning" / "learning.db")
+    sessions = store.sessions()
+    assert len(sessions) == 2
+    assert all(s.status == "done" and s.benchmark == "agentdojo:banking" for s in sessions)
+    assert all(s.gate_score_before is not None for s in sessions)
+    assert all(store.proposals(s.id) for s in sessions)  # each planned and gated something
+    # every task run left a trace from the real engine
+    from homespun.learning.traces import TraceStore
+
+    traces = TraceStore(home / "traces.db").list(limit=500)
+    assert traces and all(t.source == "eval:agentdojo:banking" for t in traces)
+    assert any(t.model_calls > 0 and t.prompt_tokens > 0 for t in traces)
+
+
+def _traces(settings, n: int, high: int) -> None:
+    from homespun.learning.traces import TraceStore
+
+    store = TraceStore(settings.traces_db)
+    for i in range(n):
+        t = store.start(query=f"question number {i}?", spec_hash="h", thread_id="t",
+                        loop="react", model="m", backend="embedded")
+        t.status, t.final_answer = "ok", "answer"
+        store.finish(t)
+        if i < high:
+            store.set_feedback(t.id, 1.0)
+
+
+def test_personal_cold_start_rules(home, settings):
+    import json
+
+    runner.invoke(app, ["init"])
+    _traces(settings, 5, 5)
+    res = runner.invoke(app, ["learning", "run", "--benchmark", "personal"])
+    assert res.exit_code == 1 and "Not enough traces yet: 5 of 20" in res.output
+
+    _traces(settings, 20, 3)  # 25 traces, 8 high-feedback: diagnosis only
+    bench_dir = home / "learning" / "benchmarks"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    tasks = [{"id": f"p-{i}", "query": f"question number {i}?", "category": "general",
+              "gold": "42", "must_contain": ["42"], "source_trace": "x"} for i in range(4)]
+    (bench_dir / "personal_v1.json").write_text(json.dumps(
+        {"version": 1, "created_at": 0, "teacher": "t", "min_feedback": 0.7, "tasks": tasks}))
+    from homespun.engines.testing import ScriptedChatModel
+
+    import asyncio
+
+    result = asyncio.run(search_loop.run_search(
+        settings, benchmark="personal", proposer="random",
+        student=lambda spec: ScriptedChatModel(script=["no idea"] * 20)))
+    assert result.stopped_because == "diagnosis only (cold start)"
+    store = LearningStore(home / "learning" / "learning.db")
+    session = store.session(result.sessions[0])
+    assert session.status == "done" and store.proposals(session.id) == []
+    assert (home / "learning" / "sessions" / session.id / "diagnosis.md").exists()
