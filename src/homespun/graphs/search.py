@@ -145,17 +145,22 @@ def _session_dir(rt: SearchRuntime, sid: str):
     return path
 
 
-def _record_cost(rt: SearchRuntime, sid: str, kind: str, spent_before: float) -> None:
+def _meter_mark(rt: SearchRuntime) -> tuple[float, int, int]:
+    m = rt.meter
+    if m is None:
+        return (0.0, 0, 0)
+    return (float(m.spent_usd), int(m.input_tokens), int(m.output_tokens))
+
+
+def _record_cost(rt: SearchRuntime, sid: str, kind: str, mark: tuple[float, int, int]) -> None:
+    """Persist what the teacher cost since `mark` (every call, fallbacks included)."""
     if rt.meter is None:
         return
-    delta = float(getattr(rt.meter, "spent_usd", 0.0)) - spent_before
-    usage = getattr(rt.meter, "last_usage", None)
-    if delta > 0 or usage:
-        rt.store.add_cost(
-            sid, kind=kind, model=getattr(rt.meter, "model", ""),
-            input_tokens=getattr(usage, "input_tokens", 0) if usage else 0,
-            output_tokens=getattr(usage, "output_tokens", 0) if usage else 0, usd=delta,
-        )
+    now = _meter_mark(rt)
+    usd, tin, tout = now[0] - mark[0], now[1] - mark[1], now[2] - mark[2]
+    if usd > 0 or tin or tout:
+        rt.store.add_cost(sid, kind=kind, model=rt.meter.model, input_tokens=tin,
+                          output_tokens=tout, usd=usd)
 
 
 # --------------------------------------------------------------------------- nodes
@@ -196,7 +201,7 @@ async def diagnose(state: SearchState, config: RunnableConfig) -> dict:
                 "gate_score_before": gate_now.accuracy}
     narrative = ""
     if rt.teacher is not None:
-        spent = float(getattr(rt.meter, "spent_usd", 0.0))
+        spent = _meter_mark(rt)
         try:
             diagnosis, narrative = await teacher_diagnosis(
                 failures, totals, teacher=rt.teacher, meter=rt.meter,
@@ -260,7 +265,7 @@ async def plan(state: SearchState, config: RunnableConfig) -> dict:
         teacher=rt.teacher, meter=rt.meter, evaluate=evaluate_clusters,
         tool_names=rt.extra.get("tool_names") or await _tool_names(spec, rt.settings),
     )
-    spent = float(getattr(rt.meter, "spent_usd", 0.0))
+    spent = _meter_mark(rt)
     try:
         proposals = await rt.proposer.propose(ctx)
     finally:

@@ -55,6 +55,9 @@ def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: Any | None):
     name = spec.learning.teacher
     if teacher is None and name:
         teacher = build_teacher(name)
+    if teacher is not None and not name:  # a teacher object handed in: price by its model id
+        name = getattr(teacher, "model", None) or getattr(teacher, "model_name", None) or \
+            type(teacher).__name__
     meter = CostMeter(session_cap_usd=budgets.max_cost_per_session_usd,
                       total_cap_usd=budgets.max_total_cost_usd,
                       spent_before_usd=store.total_cost(), model=name or "none")
