@@ -33,14 +33,25 @@ PROPOSALS = [
 
 
 def teacher_script() -> ScriptedChatModel:
+    """Diagnoses, solves the re-run tasks itself (teacher success rate), then proposes."""
     report = {"clusters": [
         {"id": "math", "name": "math answers wrong", "categories": ["math"],
          "skill_gap": "does not compute"},
         {"id": "recall", "name": "recall misses", "categories": ["recall"],
          "skill_gap": "memory search too narrow"},
     ], "summary": "two clusters"}
-    return ScriptedChatModel(script=[tool_call("report_diagnosis", report),
-                                     tool_call("submit_proposals", {"proposals": PROPOSALS})])
+    jobs = [tool_call("report_diagnosis", report),
+            tool_call("submit_proposals", {"proposals": PROPOSALS})]
+
+    def reply(messages):
+        from langchain_core.messages import HumanMessage
+
+        question = next(m.content for m in reversed(messages) if isinstance(m, HumanMessage))
+        if question.startswith("Q:"):  # a re-run: the teacher acting as the agent
+            return question.split(":")[2].split(" ")[0]
+        return jobs.pop(0)
+
+    return ScriptedChatModel(script=[reply] * 40)
 
 
 @pytest.fixture
@@ -100,6 +111,8 @@ async def test_full_session_accepts_rejects_pauses_and_rolls_back(settings, toy)
     assert session.status == "done" and session.gate_score_after > session.gate_score_before
     assert (settings.home / "learning" / "sessions" / sid / "diagnosis.md").exists()
     assert json.loads((settings.home / "learning" / "sessions" / sid / "plan.json").read_text())
+    diagnosis_md = (settings.home / "learning" / "sessions" / sid / "diagnosis.md").read_text()
+    assert "| math | math |" in diagnosis_md and "| 1.00 |" in diagnosis_md  # teacher re-ran
 
     # rollback --last: a revert commit, the prompt edit is gone, history kept
     res = CliRunner().invoke(app, ["learning", "rollback", "--last"])

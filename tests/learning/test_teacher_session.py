@@ -23,6 +23,13 @@ EMAIL, PHONE, KEY = "ada.lovelace@example.org", "+1 415 555 0134", \
     "sk-ant-api03-Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm"
 
 
+def _anthropic_text(text: str, usage: tuple[int, int]) -> tuple[int, dict]:
+    return 200, {"id": "msg_t", "type": "message", "role": "assistant",
+                 "model": "claude-opus-4-6", "content": [{"type": "text", "text": text}],
+                 "stop_reason": "end_turn", "stop_sequence": None,
+                 "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+
+
 class PrivateToy(ToyBenchmark):
     """Queries carry an e-mail address, a phone number and an API key."""
 
@@ -63,6 +70,7 @@ async def test_session_with_the_anthropic_client_never_sends_private_data(
          "skill_gap": "memory search too narrow"}], "summary": "two clusters"}
     server.replies = [
         _anthropic_tool_use("report_diagnosis", report, (1200, 300)),
+        *[_anthropic_text("I cannot tell.", (100, 10)) for _ in range(4)],  # teacher re-runs
         _anthropic_tool_use("submit_proposals", {"proposals": PROPOSALS[:2]}, (1500, 400)),
     ]
     teacher = build_teacher("anthropic:claude-opus-4-6", base_url=url)
@@ -74,12 +82,12 @@ async def test_session_with_the_anthropic_client_never_sends_private_data(
     assert statuses == {"set_memory_param": "accepted", "set_generation_param": "rejected"}
     assert load_spec(settings.spec_path).memory.top_k == 9
 
-    assert len(server.bodies) == 2
+    assert len(server.bodies) == 6  # diagnosis, 4 teacher re-runs, proposals
     sent = "\n".join(b["raw"] for b in server.bodies)
     assert "no idea" in sent  # the failing traces were really shown to the teacher ...
     for secret in (EMAIL, PHONE, KEY, "415 555", "ada.lovelace"):
         assert secret not in sent  # ... with their private data scrubbed
     # the teacher's usage is the session's recorded cost (Opus 4.6: $5 / $25 per Mtok)
-    expected = (1200 + 1500) * 5 / 1e6 + (300 + 400) * 25 / 1e6
+    expected = (1200 + 1500 + 400) * 5 / 1e6 + (300 + 400 + 40) * 25 / 1e6
     rows = list(store.db.query("select * from costs"))
     assert store.session(sid).cost_usd == pytest.approx(expected, rel=1e-6), rows

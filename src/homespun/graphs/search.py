@@ -203,10 +203,17 @@ async def diagnose(state: SearchState, config: RunnableConfig) -> dict:
     if rt.teacher is not None:
         spent = _meter_mark(rt)
         try:
+            from homespun.learning.teacher_runs import teacher_rerun
+
+            reruns = spec.learning.teacher_reruns_per_cluster
             diagnosis, narrative = await teacher_diagnosis(
                 failures, totals, teacher=rt.teacher, meter=rt.meter,
                 max_tool_calls=spec.learning.budgets.max_tool_calls_per_diagnosis,
                 scrub=spec.learning.privacy.scrub_pii,
+                rerun=teacher_rerun(teacher=rt.teacher, meter=rt.meter, spec=spec,
+                                    settings=rt.settings, benchmark=rt.benchmark)
+                if reruns else None,
+                rerun_per_cluster=reruns,
             )
         finally:
             _record_cost(rt, sid, "diagnose", spent)

@@ -88,6 +88,7 @@ sensitive = false
 [learning]
 teacher = ""           # e.g. "anthropic:claude-opus-4-6"; empty = rule-based diagnoser
 proposer = "random"    # llm | random | evolutionary
+teacher_reruns_per_cluster = 3   # tasks the teacher re-runs per cluster (0 = off)
 
 [learning.gate]
 eps = 0.01             # max regression allowed on any other failure cluster

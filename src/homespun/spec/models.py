@@ -349,6 +349,11 @@ class LearningSpec(_Strict):
         "empty uses the rule-based diagnoser and the random proposer.",
     )
     proposer: Literal["llm", "random", "evolutionary"] = "random"
+    teacher_reruns_per_cluster: int = Field(
+        3, ge=0, le=50,
+        description="Failing tasks per cluster the teacher re-runs as the agent to measure its "
+        "own success rate (costs teacher calls; 0 = not measured).",
+    )
     gate: GateSpec = Field(default_factory=GateSpec)
     loop: LoopSpec = Field(default_factory=LoopSpec)
     budgets: BudgetSpec = Field(default_factory=BudgetSpec)
