@@ -113,14 +113,20 @@ async def _open_builtin(
 ) -> Any:
     import fastmcp
 
-    from .core import create_core_server
-
     settings.workspace.mkdir(parents=True, exist_ok=True)
-    mcp_server = create_core_server(
-        workspace=settings.workspace,
-        memory_db=settings.memory_db,
-        memory_top_k=spec.memory.top_k,
-    )
+    if server.builtin == "core":
+        from .core import create_core_server
+
+        mcp_server = create_core_server(
+            workspace=settings.workspace,
+            memory_db=settings.memory_db,
+            memory_top_k=spec.memory.top_k,
+        )
+    else:
+        from homespun.connectors.registry import create_connector_server
+
+        index = spec.tools.servers.index(server)
+        mcp_server = create_connector_server(server, index, settings)
     client = await stack.enter_async_context(fastmcp.Client(mcp_server))
     return client.session
 

@@ -85,6 +85,17 @@ sensitive = false
 [tools.servers.descriptions]
 {descriptions}
 
+# Chat channels: nobody may talk to the assistant until listed here. Tokens come from the
+# environment (or HOMESPUN_HOME/secrets.env, mode 0600), never from this file.
+[channels.telegram]
+allowed_users = []     # Telegram user ids, e.g. [123456789]
+token_env = "TELEGRAM_BOT_TOKEN"
+
+[channels.slack]
+allowed_users = []     # Slack user ids, e.g. ["U012ABCDEF"]
+bot_token_env = "SLACK_BOT_TOKEN"
+app_token_env = "SLACK_APP_TOKEN"
+
 [learning]
 teacher = ""           # e.g. "anthropic:claude-opus-4-6"; empty = rule-based diagnoser
 proposer = "random"    # llm | random | evolutionary

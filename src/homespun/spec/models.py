@@ -31,6 +31,8 @@ OP_NAMES = (
     "set_memory_param",
 )
 
+BUILTIN_SERVERS = ("core", "notes", "calendar", "feeds", "email")
+
 _TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 _SERVER_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,39}$")
 
@@ -207,7 +209,14 @@ class ToolServerSpec(_Strict):
 
     name: str
     kind: Literal["builtin", "stdio", "http"]
-    builtin: str = Field("", description="Which built-in server (kind = 'builtin'): 'core'.")
+    builtin: str = Field(
+        "", description="Which built-in server (kind = 'builtin'): 'core', or a connector: "
+        "'notes', 'calendar', 'feeds', 'email'.")
+    options: dict[str, str | int | float | bool | list[str]] = Field(
+        default_factory=dict,
+        description="Settings of a built-in connector, e.g. notes: { path = '~/vault' }; "
+        "'${NAME}' in a string reads the environment (passwords never live in the spec).",
+    )
     command: str = Field("", description="Executable (kind = 'stdio').")
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(
@@ -261,8 +270,12 @@ class ToolServerSpec(_Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> ToolServerSpec:
-        if self.kind == "builtin" and self.builtin not in ("core",):
-            raise ValueError(f"unknown builtin server {self.builtin!r}; available: 'core'")
+        if self.kind == "builtin" and self.builtin not in BUILTIN_SERVERS:
+            raise ValueError(f"unknown builtin server {self.builtin!r}; available: "
+                             f"{', '.join(BUILTIN_SERVERS)}")
+        if self.options and self.kind != "builtin":
+            raise ValueError("options are for built-in servers; external servers take "
+                             "args/env or url/headers")
         if self.kind == "stdio" and not self.command:
             raise ValueError("a 'stdio' server needs a command")
         if self.kind == "http" and not self.url.startswith(("http://", "https://")):
@@ -305,6 +318,31 @@ class ToolsSpec(_Strict):
 class MemorySpec(_Strict):
     backend: Literal["sqlite_fts5"] = "sqlite_fts5"
     top_k: int = Field(5, ge=1, le=100, description="Memories returned per search.")
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class TelegramChannelSpec(_Strict):
+    allowed_users: list[int] = Field(
+        default_factory=list,
+        description="Telegram user ids allowed to talk to the assistant (default: nobody).",
+    )
+    token_env: str = Field("TELEGRAM_BOT_TOKEN", description="Env var holding the bot token.")
+
+
+class SlackChannelSpec(_Strict):
+    allowed_users: list[str] = Field(
+        default_factory=list,
+        description="Slack user ids (U...) allowed to talk to the assistant (default: nobody).",
+    )
+    bot_token_env: str = Field("SLACK_BOT_TOKEN", description="Env var with the xoxb- token.")
+    app_token_env: str = Field("SLACK_APP_TOKEN", description="Env var with the xapp- token.")
+
+
+class ChannelsSpec(_Strict):
+    telegram: TelegramChannelSpec = Field(default_factory=TelegramChannelSpec)
+    slack: SlackChannelSpec = Field(default_factory=SlackChannelSpec)
 
 
 # --------------------------------------------------------------------------- learning
@@ -383,6 +421,7 @@ class Spec(_Strict):
     agent: AgentSpec = Field(default_factory=AgentSpec)
     tools: ToolsSpec = Field(default_factory=ToolsSpec)
     memory: MemorySpec = Field(default_factory=MemorySpec)
+    channels: ChannelsSpec = Field(default_factory=ChannelsSpec)
     learning: LearningSpec = Field(default_factory=LearningSpec)
 
     def to_data(self) -> dict:
