@@ -35,6 +35,11 @@ def _register_learning() -> None:
 
     app.add_typer(learning_app, name="learning")
     app.add_typer(bench_app, name="bench")
+    from ._channels import channel_app
+    from ._mcp import mcp_app
+
+    app.add_typer(mcp_app, name="mcp")
+    app.add_typer(channel_app, name="channel")
 
 
 _register_learning()
