@@ -1,0 +1,1 @@
+"""Tests of the built-in connectors (notes, calendar, feeds, email)."""
