@@ -193,9 +193,12 @@ async def load_tools_stateless(spec: Spec, settings: Settings) -> LoadedTools:
     Used where the host owns the lifetime (LangGraph Studio builds the graph once and runs
     it many times); the CLI uses `open_tools`, which holds one session per run.
     """
+    import asyncio
+
     from langchain_mcp_adapters.tools import load_mcp_tools
 
-    settings.workspace.mkdir(parents=True, exist_ok=True)
+    # LangGraph's server rejects blocking calls on its event loop.
+    await asyncio.to_thread(settings.workspace.mkdir, parents=True, exist_ok=True)
     loaded = LoadedTools(tools=[])
     for index, server in enumerate(spec.tools.servers):
         conn = (builtin_stdio_connection(spec, settings) if server.kind == "builtin"
