@@ -40,6 +40,9 @@ def _register_learning() -> None:
 
     app.add_typer(mcp_app, name="mcp")
     app.add_typer(channel_app, name="channel")
+    from ._doctor import doctor
+
+    app.command()(doctor)
 
 
 _register_learning()

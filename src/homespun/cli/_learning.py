@@ -372,34 +372,74 @@ def bench_run(
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     repeats: Annotated[int, typer.Option(min=1)] = 1,
 ):
-    """Evaluate a spec on a benchmark: accuracy per category, s/query, tokens."""
+    """Evaluate a spec on a benchmark: accuracy, s/query, J/query and $/query per category."""
+    from homespun.engines.telemetry import (
+        electricity_usd_per_kwh,
+        measures_local_energy,
+        new_energy_meter,
+        per_query,
+    )
     from homespun.learning.evaluation import EvalCache, evaluate
     from homespun.learning.loop import SearchSetupError, get_benchmark
     from homespun.spec import SpecError, load_spec
+
+    from ._render import fmt_cost, fmt_energy
 
     st = settings()
     try:
         spec = load_spec(spec_file) if spec_file else current_spec(st)
         bench = get_benchmark(benchmark, st)
-    except (SpecError, SearchSetupError, RuntimeError) as exc:
+        usd_per_kwh = electricity_usd_per_kwh()
+    except (SpecError, SearchSetupError, RuntimeError, ValueError) as exc:
         fail(str(exc))
     tasks = bench.tasks()
     if limit:
         tasks = _limited(tasks, limit)
+    local = measures_local_energy(spec.engine.backend, spec.engine.base_url)
+    # Overlapping runs cannot split a device counter between them: the batch is measured too.
+    batch = new_energy_meter() if local else None
     printer = EventPrinter()
     printer.on_evaluate_start(f"{bench.name} · spec {spec.content_hash()}", len(tasks) * repeats)
+    if batch:
+        batch.start()
     result = run_async(evaluate(spec, st, bench, tasks, repeats=repeats, concurrency=concurrency,
                                 cache=EvalCache(st.home / "learning" / "learning.db"),
                                 on_outcome=lambda o: printer.on_task_done("", o)))
+    batch_j = batch.stop() if batch else None
     printer.progress.stop() if printer.progress else None
+
+    def row(outcomes, batch_energy_j=None) -> list[str]:
+        joules, dollars = per_query(
+            energy_j=[o.energy_j for o in outcomes], cost_usd=[o.cost_usd for o in outcomes],
+            fresh=[not o.cached for o in outcomes], batch_energy_j=batch_energy_j,
+            local=local, usd_per_kwh=usd_per_kwh,
+        )
+        n = max(len(outcomes), 1)
+        acc = sum(o.score for o in outcomes) / n
+        return [f"{acc:.3f}", str(len(outcomes)), f"{sum(o.latency_s for o in outcomes) / n:.2f}",
+                fmt_energy(joules), fmt_cost(dollars)]
+
     table = Table(title=f"{bench.name}: spec {result.spec_hash}")
-    for col in ("category", "accuracy", "tasks"):
-        table.add_column(col)
-    for cat, (acc, n) in result.by_category().items():
-        table.add_row(cat, f"{acc:.3f}", str(n))
-    table.add_row("[bold]all[/]", f"[bold]{result.accuracy:.3f}[/]", str(len(result.outcomes)))
+    for col in ("category", "accuracy", "tasks", "s/query", "J/query", "$/query"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    by_category: dict[str, list] = {}
+    for o in result.outcomes:
+        by_category.setdefault(o.category, []).append(o)
+    for cat in sorted(by_category):
+        table.add_row(cat, *row(by_category[cat]))
+    table.add_row("[bold]all[/]", *[f"[bold]{v}[/]" for v in row(result.outcomes, batch_j)])
     console.print(table)
     tokens = sum(o.prompt_tokens + o.completion_tokens for o in result.outcomes)
     n = max(len(result.outcomes), 1)
-    console.print(f"s/query {result.mean_latency():.2f} · tokens/query {tokens / n:.0f} · "
-                  f"new runs {result.runs} (the rest cached)")
+    source = batch.source if batch else None
+    if not local:
+        energy_note = "energy: not measured (the model runs off this machine)"
+    elif source is None:
+        energy_note = "energy: not measured (no NVIDIA, AMD or RAPL energy counter readable)"
+    else:
+        energy_note = f"energy: {source} counter, ${usd_per_kwh:g}/kWh"
+    console.print(f"tokens/query {tokens / n:.0f} · new runs {result.runs} (the rest cached) · "
+                  f"{energy_note}")
+    if source is not None and concurrency > 1:
+        console.print(f"[dim]With --concurrency {concurrency} runs overlap on the counter: "
+                      "energy is measured for the whole batch (the 'all' row) only.[/]")

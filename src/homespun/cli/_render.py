@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 
 from rich.panel import Panel
 from rich.table import Table
@@ -19,6 +20,33 @@ def _when(ts: float) -> str:
 def _clip(text: str | None, n: int) -> str:
     text = (text or "").replace("\n", " ")
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+NOT_MEASURED = "not measured"
+
+
+def fmt_energy(joules: float | None, source: str | None = None) -> str:
+    if joules is None:
+        return NOT_MEASURED
+    text = f"{joules:.3g} J" if joules < 1000 else f"{joules / 1000:.3g} kJ"
+    return f"{text} ({source})" if source else text
+
+
+def fmt_cost(usd: float | None) -> str:
+    if usd is None:
+        return NOT_MEASURED
+    if 0 < usd < 0.01:  # two significant digits, never scientific notation
+        return f"${usd:.{1 - math.floor(math.log10(usd))}f}"
+    return f"${usd:.4f}"
+
+
+def fmt_rate(tokens_per_s: float | None) -> str:
+    return NOT_MEASURED if tokens_per_s is None else f"{tokens_per_s:.1f} tok/s"
+
+
+def telemetry_line(t: Trace) -> str:
+    return (f"energy: {fmt_energy(t.energy_j, t.energy_source)} · cost: {fmt_cost(t.cost_usd)}"
+            f" · speed: {fmt_rate(t.tokens_per_s)}")
 
 
 def traces_table(traces: list[Trace]) -> Table:
@@ -59,6 +87,7 @@ def trace_view(t: Trace) -> list:
         ("latency", f"{t.latency_s:.2f} s" if t.latency_s is not None else "—"),
         ("tokens", f"{t.prompt_tokens} prompt + {t.completion_tokens} completion "
                    f"in {t.model_calls} model call(s)"),
+        ("telemetry", telemetry_line(t)),
         ("feedback", "—" if t.feedback is None else f"{t.feedback:g}"),
     ]
     if t.sensitive:

@@ -19,6 +19,15 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool
 
+from homespun.engines.telemetry import (
+    CLOUD_BACKENDS,
+    EnergyMeter,
+    RunMeter,
+    RunTelemetry,
+    electricity_usd_per_kwh,
+    run_cost_usd,
+)
+from homespun.learning.teacher import price_for
 from homespun.learning.traces import ToolCallRecord, Trace, TraceStore
 from homespun.spec import Settings, Spec
 
@@ -108,11 +117,14 @@ async def run_assistant(
     on_token: TokenCallback | None = None,
     source: str = "cli",
     persist: bool = True,
+    energy_meter: EnergyMeter | None = None,
 ) -> RunResult:
     """Answer `question` with the assistant of `spec`; the trace is always written.
 
     `model` and `tools` replace the spec's engine and MCP servers (tests, benchmarks).
     With `persist`, the conversation continues on `thread_id` in HOMESPUN_HOME/threads.db.
+    The run is measured (tokens/s, energy, cost) with `energy_meter`, or with the energy
+    counter found on this machine.
     """
     store = store or TraceStore(settings.traces_db)
     thread_id = thread_id or uuid.uuid4().hex[:12]
@@ -125,7 +137,10 @@ async def run_assistant(
         backend=spec.engine.backend,
         source=source,
     )
+    # Built before the clock starts: the first run of a process probes the energy counters.
+    meter = RunMeter.for_engine(spec.engine.backend, spec.engine.base_url, energy_meter)
     started = time.perf_counter()
+    meter.start()
     try:
         async with AsyncExitStack() as stack:
             if model is None:
@@ -151,6 +166,7 @@ async def run_assistant(
             config = {
                 "configurable": {"thread_id": thread_id},
                 "recursion_limit": recursion_limit(spec),
+                "callbacks": [meter.recorder],
             }
             state = await _invoke(graph, new_question_state(question_msg), config, on_token)
             messages = state["messages"]
@@ -164,8 +180,32 @@ async def run_assistant(
         trace.error = f"{type(exc).__name__}: {exc}"
     finally:
         trace.latency_s = round(time.perf_counter() - started, 4)
+        _record_telemetry(trace, meter.stop())
         store.finish(trace)
     return RunResult(trace)
+
+
+def _record_telemetry(trace: Trace, measured: RunTelemetry) -> None:
+    trace.energy_j = measured.energy_j
+    trace.energy_source = measured.energy_source
+    trace.tokens_per_s = measured.tokens_per_s
+    price = None
+    if trace.backend in CLOUD_BACKENDS:
+        # An unknown model's price stays unknown here: the teacher's fallback (the dearest
+        # price) is a budget safeguard, not a cost to report.
+        per_mtok, known = price_for(f"{trace.backend}:{trace.model}")
+        price = per_mtok if known else None
+    try:
+        usd_per_kwh: float | None = electricity_usd_per_kwh()
+    except ValueError as exc:  # a bad setting must not fail the run, nor pass unnoticed
+        usd_per_kwh = None
+        if trace.backend not in CLOUD_BACKENDS:
+            trace.error = trace.error or f"cost not measured: {exc}"
+    trace.cost_usd = run_cost_usd(
+        backend=trace.backend, prompt_tokens=trace.prompt_tokens,
+        completion_tokens=trace.completion_tokens, energy_j=trace.energy_j,
+        price_per_mtok=price, usd_per_kwh=usd_per_kwh,
+    )
 
 
 async def _invoke(graph: Any, inputs: dict, config: dict, on_token: TokenCallback | None

@@ -43,6 +43,9 @@ class TaskOutcome:
     completion_tokens: int
     tool_calls: int
     cached: bool = False
+    # Measured by the runner; None = not measured. Defaults keep older cache rows loadable.
+    energy_j: float | None = None
+    cost_usd: float | None = None
 
 
 @dataclass
@@ -139,7 +142,7 @@ async def _run_one(spec: Spec, settings: Settings, benchmark: Benchmark, task: T
         score=float(grade.score), reason=grade.reason, trace_id=trace.id, status=trace.status,
         error=trace.error, answer=trace.final_answer, latency_s=trace.latency_s or 0.0,
         prompt_tokens=trace.prompt_tokens, completion_tokens=trace.completion_tokens,
-        tool_calls=len(trace.tool_calls),
+        tool_calls=len(trace.tool_calls), energy_j=trace.energy_j, cost_usd=trace.cost_usd,
     )
 
 

@@ -9,6 +9,7 @@ never silently lose their failures.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -52,6 +53,24 @@ class Trace:
     feedback: float | None = None
     sensitive: bool = False
     source: str = "cli"
+    energy_j: float | None = None
+    """Joules measured over the run; None = not measured (no counter, or overlapping runs)."""
+    energy_source: str | None = None
+    """The counter energy_j came from: 'nvidia', 'amd' or 'rapl'; None when not measured."""
+    cost_usd: float | None = None
+    """Dollars: list price x tokens (cloud) or energy x electricity price (local); None =
+    not measured."""
+    tokens_per_s: float | None = None
+    """Completion tokens per second of model time; None when the engine reported no tokens."""
+
+
+# Added after the first release: nullable, and added to existing databases on open.
+_TELEMETRY_COLUMNS: dict[str, type] = {
+    "energy_j": float,
+    "energy_source": str,
+    "cost_usd": float,
+    "tokens_per_s": float,
+}
 
 
 class TraceStore:
@@ -105,6 +124,14 @@ class TraceStore:
                 pk=("trace_id", "idx"),
                 foreign_keys=[("trace_id", "traces", "id")],
             )
+        existing = set(self.db["traces"].columns_dict)
+        for name, col_type in _TELEMETRY_COLUMNS.items():
+            if name not in existing:
+                try:
+                    self.db["traces"].add_column(name, col_type)
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     # ------------------------------------------------------------------ writing
 
@@ -170,6 +197,10 @@ class TraceStore:
             "feedback": trace.feedback,
             "sensitive": int(trace.sensitive),
             "source": trace.source,
+            "energy_j": trace.energy_j,
+            "energy_source": trace.energy_source,
+            "cost_usd": trace.cost_usd,
+            "tokens_per_s": trace.tokens_per_s,
         }
 
     # ------------------------------------------------------------------ reading
@@ -238,6 +269,10 @@ class TraceStore:
             feedback=row["feedback"],
             sensitive=bool(row["sensitive"]),
             source=row["source"] or "",
+            energy_j=row.get("energy_j"),
+            energy_source=row.get("energy_source"),
+            cost_usd=row.get("cost_usd"),
+            tokens_per_s=row.get("tokens_per_s"),
         )
 
 
