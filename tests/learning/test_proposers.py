@@ -214,7 +214,11 @@ async def test_llm_prompt_carries_spec_clusters_catalog_tools_and_history():
     assert "computes in its head" in prompt and "70%" in prompt  # cluster skill gap, rate
     assert "temperature = 0.0" in prompt and "[tools.core]" in prompt
     assert "core: calculator, think" in prompt
-    assert '"set_tool_description"' in prompt and "train_lora" not in prompt  # not available
+    assert '"set_tool_description"' in prompt
+    # train_lora is offered exactly when training can run here (train extra, embedded engine)
+    from homespun.learning.training.edit import training_available
+
+    assert ("train_lora" in prompt) == training_available(ctx.spec)
 
 
 async def test_llm_meter_is_checked_before_and_charged_after():

@@ -269,7 +269,7 @@ async def test_set_engine_param_parallel_and_model_reach_the_embedded_engine(
     url, bodies = engine
     started: list[dict] = []
 
-    def fake_embedded_server(model_path, *, n_ctx, threads, parallel, log_file):
+    def fake_embedded_server(model_path, *, n_ctx, threads, parallel, log_file, adapters=()):
         started.append({"model": model_path.name, "n_ctx": n_ctx, "threads": threads,
                         "parallel": parallel})
         return SimpleNamespace(base_url=url, api_key="k")

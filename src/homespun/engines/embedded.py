@@ -1,7 +1,7 @@
 """The embedded engine: llama.cpp's server, in-process, through xllamacpp.
 
-One `xllamacpp.Server` per (model, context, threads, slots, log file) per process, shared by
-everything that asks for it. It answers two ways: `EmbeddedServer.chat` calls the server's
+One `xllamacpp.Server` per (model, LoRA adapters, context, threads, slots, log file) per
+process, shared by everything that asks for it. It answers two ways: `EmbeddedServer.chat` calls the server's
 chat handler directly (no HTTP), and `base_url` serves the OpenAI-compatible HTTP API on
 127.0.0.1 for clients such as `langchain_openai.ChatOpenAI`; that port requires `api_key`, a
 random secret of this process, so other local users cannot borrow the model.
@@ -54,6 +54,7 @@ class _ServerKey:
     threads: int
     parallel: int
     log_file: Path | None
+    adapters: tuple[tuple[Path, float], ...] = ()
 
 
 class EmbeddedServer:
@@ -68,6 +69,8 @@ class EmbeddedServer:
     """Context of one request: each of the ``parallel`` slots has this much."""
     threads: int
     parallel: int
+    adapters: tuple[tuple[Path, float], ...]
+    """LoRA adapters (GGUF path, scale) applied to every request that does not say otherwise."""
 
     def __init__(self, key: _ServerKey, server: Any, api_key: str):
         self._key = key
@@ -79,6 +82,7 @@ class EmbeddedServer:
         self.n_ctx = key.n_ctx
         self.threads = key.threads
         self.parallel = key.parallel
+        self.adapters = key.adapters
 
     @property
     def closed(self) -> bool:
@@ -141,6 +145,7 @@ def get_embedded_server(
     threads: int = 0,
     parallel: int = 1,
     log_file: Path | None = None,
+    adapters: tuple[tuple[str, float], ...] = (),
 ) -> EmbeddedServer:
     """The process-wide server for these settings, loading the model on first ask.
 
@@ -149,7 +154,9 @@ def get_embedded_server(
     over: give a concurrent job (training, a second engine) its own share instead.
     ``n_ctx`` is the context of one request; with ``parallel`` slots the KV cache holds
     ``n_ctx * parallel`` tokens. ``log_file``, when given, gets a line per load and
-    llama.cpp's own log of a failed load.
+    llama.cpp's own log of a failed load. ``adapters`` are GGUF LoRA files with their
+    scales, applied in order to every request (a request may override the scales with
+    llama.cpp's ``lora`` field, e.g. ``[{"id": 0, "scale": 0.0}]`` for the base model).
     """
     global _cache_pid
     key = _ServerKey(
@@ -158,6 +165,9 @@ def get_embedded_server(
         threads=_resolve_threads(threads),
         parallel=int(parallel),
         log_file=Path(log_file).expanduser().resolve() if log_file is not None else None,
+        adapters=tuple(
+            (Path(path).expanduser().resolve(), float(scale)) for path, scale in adapters
+        ),
     )
     if key.n_ctx < 1 or key.parallel < 1 or key.threads < 1:
         raise ValueError(f"n_ctx, threads and parallel must be positive, got {key}")
@@ -212,6 +222,10 @@ def _params(key: _ServerKey, api_key: str) -> Any:
     params.warmup = False  # a warm-up decode costs more than it saves for one user
     params.cache_ram_mib = _PROMPT_CACHE_MIB
     params.verbosity = 0  # silent: see the module docstring
+    if key.adapters:
+        params.lora_adapters = [
+            xllamacpp.CommonAdapterLoraInfo(str(path), scale) for path, scale in key.adapters
+        ]
     return params
 
 
@@ -219,6 +233,8 @@ def _load(key: _ServerKey) -> EmbeddedServer:
     import xllamacpp
 
     _check_file(key.model_path)
+    for path, _ in key.adapters:
+        _check_file(path, what="LoRA adapter")
     api_key = secrets.token_urlsafe(32)
     started = time.perf_counter()
     try:
@@ -229,7 +245,9 @@ def _load(key: _ServerKey) -> EmbeddedServer:
     _log(
         key.log_file,
         f"loaded {key.model_path} in {time.perf_counter() - started:.2f}s "
-        f"(n_ctx={key.n_ctx}, threads={key.threads}, parallel={key.parallel}) "
+        f"(n_ctx={key.n_ctx}, threads={key.threads}, parallel={key.parallel}"
+        + "".join(f", lora={path}@{scale:g}" for path, scale in key.adapters)
+        + ") "
         f"at {server.listening_address}",
     )
     return EmbeddedServer(key, server, api_key)
@@ -251,16 +269,16 @@ def _wait_for_main_loop(server: Any) -> None:
         )
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, what: str = "model") -> None:
     try:
         with path.open("rb") as f:
             magic = f.read(4)
     except FileNotFoundError:
-        raise EngineError(f"model file {path} does not exist") from None
+        raise EngineError(f"{what} file {path} does not exist") from None
     except OSError as exc:
-        raise EngineError(f"model file {path} cannot be read: {exc}") from exc
+        raise EngineError(f"{what} file {path} cannot be read: {exc}") from exc
     if magic != _GGUF_MAGIC:
-        raise EngineError(f"model file {path} is not a GGUF file (it starts with {magic!r})")
+        raise EngineError(f"{what} file {path} is not a GGUF file (it starts with {magic!r})")
 
 
 _DIAGNOSE_SCRIPT = """
@@ -271,6 +289,7 @@ p.model.path = a["model"]; p.n_ctx = a["n_ctx"] * a["parallel"]; p.n_parallel = 
 p.cpuparams.n_threads = a["threads"]; p.cpuparams_batch.n_threads = a["threads"]
 p.hostnames = ["127.0.0.1"]; p.port = 0; p.api_keys = ["diagnose"]; p.ui = False
 p.warmup = False; p.verbosity = 2
+p.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(path, s) for path, s in a["adapters"]]
 try:
     xllamacpp.Server(p)
 except RuntimeError:
@@ -282,12 +301,15 @@ def _diagnose(key: _ServerKey) -> str:
     """Why the model failed to load: the load again in a child process with llama.cpp's
     warnings and errors on (in-process they would be echoed to the user's terminal)."""
     head = f"llama.cpp could not load the model {key.model_path}"
+    if key.adapters:
+        head += " with the LoRA adapter(s) " + ", ".join(str(path) for path, _ in key.adapters)
     args = json.dumps(
         {
             "model": str(key.model_path),
             "n_ctx": key.n_ctx,
             "parallel": key.parallel,
             "threads": key.threads,
+            "adapters": [[str(path), scale] for path, scale in key.adapters],
         }
     )
     try:

@@ -27,6 +27,11 @@ _UNSUPPORTED: dict[str, tuple[str, ...]] = {
 }
 
 
+# Backends that can apply intelligence.adapters: the embedded engine loads them itself; an
+# openai_compatible server (llama-server) is asked per request for the ones it has loaded.
+_ADAPTER_BACKENDS = ("embedded", "openai_compatible")
+
+
 class EngineConfigError(ValueError):
     """The spec asks for an engine that cannot be built here (missing key, extra, model)."""
 
@@ -50,8 +55,18 @@ def _seed(spec: Spec) -> int | None:
     return None if spec.intelligence.seed < 0 else spec.intelligence.seed
 
 
+def _check_adapters(spec: Spec) -> None:
+    """LoRA adapters change what the model says; a backend that cannot apply them must not
+    silently answer without them."""
+    if spec.intelligence.adapters and spec.engine.backend not in _ADAPTER_BACKENDS:
+        raise EngineConfigError(
+            f"intelligence.adapters: engine.backend = {spec.engine.backend!r} cannot apply LoRA "
+            f"adapters; use one of {', '.join(_ADAPTER_BACKENDS)} (or remove the adapters)"
+        )
+
+
 def _openai_style(spec: Spec, *, base_url: str | None, api_key: str, model: str,
-                  llama_extras: bool) -> BaseChatModel:
+                  llama_extras: bool, lora_field: bool = False) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
 
     intel = spec.intelligence
@@ -59,6 +74,15 @@ def _openai_style(spec: Spec, *, base_url: str | None, api_key: str, model: str,
     if llama_extras:
         # llama.cpp server and vLLM read these from the request body.
         extra_body = {"top_k": intel.top_k, "repeat_penalty": intel.repeat_penalty}
+    if lora_field and intel.adapters:
+        # llama-server's per-request adapter scales: `id` is the adapter's position in the
+        # server's --lora list, so the server must load the spec's adapters in spec order.
+        # (vLLM serves a LoRA as a model name instead: start it with
+        # --enable-lora --lora-modules NAME=PATH and set intelligence.model = NAME; it
+        # ignores this field.)
+        extra_body["lora"] = [
+            {"id": i, "scale": adapter.scale} for i, adapter in enumerate(intel.adapters)
+        ]
     return ChatOpenAI(
         model=model,
         base_url=base_url,
@@ -78,6 +102,7 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
     """The raw backend chat model, without tool-call handling."""
     backend = spec.engine.backend
     intel = spec.intelligence
+    _check_adapters(spec)
     if backend == "embedded":
         from .catalog import resolve_model_path
         from .embedded import get_embedded_server
@@ -89,6 +114,7 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
             threads=spec.engine.threads,
             parallel=spec.engine.parallel,
             log_file=settings.logs_dir / "engine.log",
+            adapters=tuple((str(a.resolved_path), a.scale) for a in intel.adapters),
         )
         return _openai_style(
             spec, base_url=server.base_url, api_key=server.api_key, model=path.stem,
@@ -97,7 +123,8 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
     if backend == "openai_compatible":
         key = _api_key(spec, "", required=False) or "not-needed"
         return _openai_style(
-            spec, base_url=spec.engine.base_url, api_key=key, model=intel.model, llama_extras=True
+            spec, base_url=spec.engine.base_url, api_key=key, model=intel.model,
+            llama_extras=True, lora_field=True,
         )
     if backend == "openai":
         key = _api_key(spec, "OPENAI_API_KEY", required=True)

@@ -336,11 +336,16 @@ async def execute(state: SearchState, config: RunnableConfig) -> dict:
         rt.store.set_proposal(proposal.id, status="approved")
     current = rt.checkpoints.head_spec()
     rt.emit("phase", name="execute", proposal=proposal, tier=tier)
+    trained: dict = {}
     try:
+        proposal, trained = await _train_if_needed(rt, proposal, current, state)
         candidate = apply_proposal(current, proposal)
-    except EditError as exc:
+    except Exception as exc:  # an invalid edit, or training that failed: recorded, not fatal
+        if not isinstance(exc, EditError) and type(exc).__name__ not in (
+                "TrainEditError", "TrainingError", "LoraConversionError"):
+            raise
         rt.store.set_proposal(proposal.id, status="error", reason=str(exc))
-        return {"approvals": approvals, "candidate": None,
+        return {"approvals": approvals, "candidate": None, **trained,
                 "decision": {"accepted": False, "reason": str(exc), "skipped": True}}
     _, held_out = rt.split(current)
     before = await rt.evaluate(current, held_out, "gate: current spec")
@@ -348,6 +353,7 @@ async def execute(state: SearchState, config: RunnableConfig) -> dict:
     diagnosis = Diagnosis.model_validate(state["diagnosis"])
     scopes = cluster_categories(diagnosis.clusters, {t.category for t in held_out})
     return {
+        **trained,
         "approvals": approvals,
         "candidate": {"before": cluster_scores(before, scopes),
                       "after": cluster_scores(after, scopes),
@@ -355,6 +361,36 @@ async def execute(state: SearchState, config: RunnableConfig) -> dict:
                       "candidate_hash": candidate.content_hash()},
         "decision": None,
     }
+
+
+async def _train_if_needed(rt: SearchRuntime, proposal: Proposal, current: Spec,
+                           state: SearchState) -> tuple[Proposal, dict]:
+    """Train the LoRA of an approved train_lora proposal (once: the trained proposal is
+    written back into the session state, so a resumed session does not train again)."""
+    import asyncio
+
+    from homespun.learning.training.edit import (
+        needs_training,
+        train_for_proposal,
+        training_pairs,
+    )
+
+    if not needs_training(proposal):
+        return proposal, {}
+    diagnosis = Diagnosis.model_validate(state["diagnosis"])
+    try:
+        categories = set(diagnosis.cluster(proposal.target_cluster).categories)
+    except KeyError:
+        categories = set()
+    search, _ = rt.split(current)
+    pairs = training_pairs(search, categories)
+    rt.emit("phase", name="train", proposal=proposal, pairs=len(pairs))
+    trained = await asyncio.to_thread(train_for_proposal, proposal, spec=current,
+                                      settings=rt.settings, pairs=pairs)
+    proposals = list(state["proposals"])
+    proposals[state["index"]] = trained.model_dump()
+    rt.store.set_proposal(trained.id, ops=json.dumps([o.model_dump() for o in trained.ops]))
+    return trained, {"proposals": proposals}
 
 
 def gate(state: SearchState, config: RunnableConfig) -> dict:
@@ -387,10 +423,14 @@ def record(state: SearchState, config: RunnableConfig) -> dict:
             candidate = apply_proposal(current, proposal)
             body = (f"{describe_proposal(proposal)}\n\nRationale: {proposal.rationale}\n"
                     f"Gate: {decision['reason']}")
+            from homespun.learning.training.edit import adapters_of
+
+            extra = {f"Adapter-SHA256": a.sha256 for a in adapters_of(proposal)}
             sha = rt.checkpoints.commit_spec(
                 candidate, subject=f"spec search: {proposal.target_cluster} "
                 f"({', '.join(o.op for o in proposal.ops)})", body=body, session_id=sid,
-                edit_id=proposal.id, tier=state["tiers"][i], target=proposal.target_cluster)
+                edit_id=proposal.id, tier=state["tiers"][i], target=proposal.target_cluster,
+                extra_trailers=extra)
         else:
             sha = existing.sha
         rt.store.set_proposal(proposal.id, status="accepted", reason=decision["reason"],
@@ -399,6 +439,10 @@ def record(state: SearchState, config: RunnableConfig) -> dict:
     else:
         rt.store.set_proposal(proposal.id, status="rejected", reason=decision.get("reason", ""))
         rt.emit("rejected", proposal=proposal, reason=decision.get("reason", ""))
+    if not decision.get("accepted"):
+        from homespun.learning.training.edit import discard_unused_adapters
+
+        discard_unused_adapters(proposal, rt.checkpoints.head_spec())
     return {"index": i + 1, "candidate": None, "decision": None}
 
 

@@ -36,7 +36,8 @@ def _trailers(message: str) -> dict[str, str]:
     out = {}
     for line in message.strip().splitlines():
         if ": " in line and line.split(": ", 1)[0] in ("Session-ID", "Edit-ID", "Risk-Tier",
-                                                          "Reverts-Edit-ID", "Target-Cluster"):
+                                                          "Reverts-Edit-ID", "Target-Cluster",
+                                                          "Adapter-SHA256"):
             key, value = line.split(": ", 1)
             out[key] = value.strip()
     return out
@@ -98,7 +99,8 @@ class CheckpointRepo:
         return None
 
     def commit_spec(self, spec: Spec, *, subject: str, body: str, session_id: str,
-                    edit_id: str, tier: str, target: str) -> str:
+                    edit_id: str, tier: str, target: str,
+                    extra_trailers: dict[str, str] | None = None) -> str:
         """Write `spec` and commit it; idempotent per Edit-ID (a resumed session that
         already committed this edit gets the existing sha back)."""
         existing = self.find_edit(edit_id)
@@ -108,6 +110,8 @@ class CheckpointRepo:
         self.repo.index.add([self.rel])
         message = (f"{subject}\n\n{body.strip()}\n\nSession-ID: {session_id}\n"
                    f"Edit-ID: {edit_id}\nRisk-Tier: {tier}\nTarget-Cluster: {target}\n")
+        for key, value in (extra_trailers or {}).items():
+            message += f"{key}: {value}\n"
         commit = self.repo.index.commit(message, author=_AUTHOR, committer=_AUTHOR)
         return commit.hexsha
 

@@ -18,6 +18,7 @@ from .errors import SpecError, dotted, issues_from_validation
 from .io import render_spec
 from .models import (
     OP_NAMES,
+    AdapterSpec,
     AgentLoop,
     FewShotExample,
     RiskTier,
@@ -62,6 +63,8 @@ class TrainLora(_Op):
     rank: int = Field(8, ge=1, le=256)
     learning_rate: float = Field(2e-4, gt=0, le=1)
     data: Literal["teacher_gold", "high_feedback_traces"] = "teacher_gold"
+    adapter: AdapterSpec | None = Field(
+        None, description="Filled in by the search after training; a proposer leaves it out.")
 
 
 # --------------------------------------------------------------------------- Engine
@@ -243,11 +246,13 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
             setattr(spec.intelligence, param, value)
         case SetModel(model=model):
             spec.intelligence.model = model
-        case TrainLora():
-            raise EditNotAvailable(
-                f"{where}: train_lora needs the train extra (pip install 'homespun[train]'), "
-                "which this release does not ship yet"
-            )
+        case TrainLora(adapter=adapter):
+            if adapter is None:
+                raise EditNotAvailable(
+                    f"{where}: train_lora has no trained adapter yet: the search session "
+                    "trains it (needs the train extra: pip install 'homespun[train]')"
+                )
+            spec.intelligence.adapters = [*spec.intelligence.adapters, adapter]
         case SetEngineParam(param=param, value=value):
             if param == "tool_call_format":
                 if value not in ToolCallFormat.__args__:  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -45,6 +46,67 @@ class _Strict(BaseModel):
 
 # --------------------------------------------------------------------------- intelligence
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# (path, size, mtime_ns) -> sha256: a spec is validated often (every load, every edit), and
+# hashing an adapter of tens of MB each time would make that slow.
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    digest = _digest_cache.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _digest_cache[key] = h.hexdigest()
+    return digest
+
+
+class AdapterSpec(_Strict):
+    """A LoRA adapter file (GGUF) and how strongly it applies. The file must exist and have
+    this sha256 whenever the spec is loaded: a spec never silently runs without its adapter,
+    or with a different one."""
+
+    path: str = Field(
+        min_length=1,
+        description="Absolute path of the GGUF LoRA file ('~' is expanded); the trainer "
+        "writes HOMESPUN_HOME/adapters/<sha256>.gguf.",
+    )
+    sha256: str = Field(description="sha256 of the file, 64 lower-case hex digits.")
+    scale: float = Field(1.0, ge=0.0, le=4.0, description="LoRA scale (1 = as trained).")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _SHA256.match(v):
+            raise ValueError("sha256 must be 64 lower-case hex digits")
+        return v
+
+    @model_validator(mode="after")
+    def _file_matches(self) -> AdapterSpec:
+        path = Path(self.path).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"adapter path {self.path!r} must be absolute (or start with ~)")
+        if not path.is_file():
+            raise ValueError(f"adapter file {path} does not exist")
+        try:
+            actual = _file_sha256(path)
+        except OSError as exc:
+            raise ValueError(f"adapter file {path} cannot be read: {exc}") from exc
+        if actual != self.sha256:
+            raise ValueError(
+                f"adapter file {path} has sha256 {actual}, not the {self.sha256} the spec "
+                "names (the file was changed or replaced)"
+            )
+        return self
+
+    @property
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser()
+
 
 class IntelligenceSpec(_Strict):
     """The model and how it samples."""
@@ -61,6 +123,12 @@ class IntelligenceSpec(_Strict):
     max_tokens: int = Field(256, ge=1, le=131072, description="Completion token cap per call.")
     repeat_penalty: float = Field(1.1, ge=0.5, le=2.0, description="Repetition penalty (1 = off).")
     seed: int = Field(42, ge=-1, description="Sampling seed; -1 means a random seed per call.")
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        description="LoRA adapters (GGUF) applied on top of the model, in order; written by "
+        "`train_lora`. The embedded engine loads them; an openai_compatible llama-server "
+        "must have been started with the same adapters (--lora), in the same order.",
+    )
 
 
 # --------------------------------------------------------------------------- engine

@@ -141,6 +141,22 @@ class ProposalFilter:
         key = ops_key(proposal.ops)
         if key in self.seen:
             return "repeats a proposal already tried (or already in this batch)"
+        from homespun.spec.edits import TrainLora
+
+        untrained = [o for o in proposal.ops if isinstance(o, TrainLora) and o.adapter is None]
+        if untrained:
+            # Trained only after approval, in the session; the other ops must still apply.
+            from homespun.learning.training.edit import training_available
+
+            if not training_available(self.ctx.spec):
+                return "train_lora needs the train extra and the embedded engine"
+            rest = [o for o in proposal.ops if o not in untrained]
+            if rest:
+                try:
+                    apply_proposal(self.ctx.spec, proposal.model_copy(update={"ops": rest}))
+                except EditError as exc:
+                    return f"does not apply: {exc}"
+            return None
         try:
             new = apply_proposal(self.ctx.spec, proposal)
         except EditError as exc:

@@ -76,14 +76,13 @@ def op_schema(op_name: str) -> dict[str, Any]:
 
 
 def available_ops(spec: Spec) -> list[str]:
-    """Ops this installation can carry out (train_lora needs an extra not shipped yet)."""
+    """Ops this installation can carry out (train_lora needs the train extra and the
+    embedded engine)."""
+    from homespun.learning.training.edit import training_available
+
     names = list(OP_MODELS)
-    try:
-        apply_proposal(spec, Proposal(target_cluster="-", ops=[TrainLora()]))
-    except EditNotAvailable:
+    if not training_available(spec):
         names.remove("train_lora")
-    except Exception:  # noqa: BLE001 - available, but not with default arguments
-        pass
     return names
 
 
