@@ -52,7 +52,8 @@ def tiny_adapter(tmp_path_factory) -> tuple[Path, dict, dict]:
     )
     out = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(out)
-    tensors = {k: v.float().numpy() for k, v in load_file(out / "adapter_model.safetensors").items()}
+    saved = load_file(out / "adapter_model.safetensors")
+    tensors = {k: v.float().numpy() for k, v in saved.items()}
     return out, config.to_dict(), tensors
 
 

@@ -219,6 +219,47 @@ def test_the_loop_samples_scores_and_writes_a_peft_adapter(
         assert "latency" in s.reward["measured"] and "cost" in s.reward["not_measured"]
 
 
+class _FakeMeter:
+    """A counter that reads 1 J more for every generation than the one before."""
+
+    source = "rapl"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def start(self) -> None:
+        self.n += 1
+
+    def stop(self) -> float:
+        return float(self.n)
+
+
+def test_energy_from_a_counter_enters_the_reward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import homespun.learning.training.model as model_mod
+
+    monkeypatch.setattr(
+        model_mod, "load_base_model", lambda *a, **k: (_tiny_llama(), CharTokenizer())
+    )
+    monkeypatch.setattr(grpo, "_energy_meter", _FakeMeter)
+    seen: list[grpo.StepStats] = []
+    cfg = GRPOConfig(steps=1, group_size=3, prompts_per_step=1, max_new_tokens=4, rank=4, alpha=8)
+    # equal accuracy everywhere: only the efficiency terms separate the completions
+    out = train_grpo(
+        tmp_path / "m.gguf", [[{"role": "user", "content": "hi"}]], lambda i, t: 1.0, cfg,
+        tmp_path / "out", cache_dir=tmp_path, weights=RewardSpec(gamma=0.0), on_step=seen.append,
+    )
+    report = seen[0].reward
+    assert report["measured"] == ["accuracy", "energy", "latency"]  # latency weighs 0 here
+    assert report["energy"]["mean"] == pytest.approx(2.0)  # 1, 2, 3 J
+    # energy z = -1.22, 0, +1.22 -> the cheapest completion has the highest advantage
+    rewards = seen[0].rewards[0]
+    assert rewards == pytest.approx([0.5 + 0.1 * 1.2247449, 0.5, 0.5 - 0.1 * 1.2247449])
+    assert seen[0].advantages[0][0] > 0 > seen[0].advantages[0][2]
+    assert json.loads((out / "training.json").read_text())["energy_source"] == "rapl"
+
+
 # ---------------------------------------------------------------------------------------------
 # The real model.
 

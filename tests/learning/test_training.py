@@ -14,13 +14,13 @@ import pytest
 from langchain_core.tools import tool
 
 from homespun.graphs.runner import run_assistant
+from homespun.learning.traces import Trace
 from homespun.learning.training.adapters import store_adapter
 from homespun.learning.training.data import (
     SFTExample,
     sft_examples_from_pairs,
     sft_examples_from_traces,
 )
-from homespun.learning.traces import Trace
 from homespun.spec import Spec, SpecError, parse_spec, render_spec, spec_from_data
 from tests.conftest import test_models_dir
 
@@ -222,7 +222,8 @@ def _trace(i: int, **fields) -> Trace:
 def test_trace_examples_keep_good_eligible_runs_only_and_scrub_them():
     spec = Spec()
     traces = [
-        _trace(1, query="Mail bob@example.com about the trip", final_answer="Mailed bob@example.com",
+        _trace(1, query="Mail bob@example.com about the trip",
+               final_answer="Mailed bob@example.com",
                messages=[
                    {"role": "ai", "content": "", "tool_calls": [
                        {"name": "send_mail", "args": {"to": "bob@example.com"}, "id": "c1"}]},

@@ -1,10 +1,11 @@
 """The embedded engine: llama.cpp's server, in-process, through xllamacpp.
 
 One `xllamacpp.Server` per (model, LoRA adapters, context, threads, slots, log file) per
-process, shared by everything that asks for it. It answers two ways: `EmbeddedServer.chat` calls the server's
-chat handler directly (no HTTP), and `base_url` serves the OpenAI-compatible HTTP API on
-127.0.0.1 for clients such as `langchain_openai.ChatOpenAI`; that port requires `api_key`, a
-random secret of this process, so other local users cannot borrow the model.
+process, shared by everything that asks for it. It answers two ways: `EmbeddedServer.chat`
+calls the server's chat handler directly (no HTTP), and `base_url` serves the
+OpenAI-compatible HTTP API on 127.0.0.1 for clients such as `langchain_openai.ChatOpenAI`;
+that port requires `api_key`, a random secret of this process, so other local users cannot
+borrow the model.
 
 llama.cpp logs through one process-wide logger whose threshold is set by whichever server
 was created last, and it always echoes to stderr. So every server here is created with

@@ -203,69 +203,34 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
             ids.add(value)
         elif isinstance(value, (list, tuple)):
             ids.update(int(v) for v in value)
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    if isinstance(end, int):
-        ids.add(end)
+    if "<|im_end|>" in tokenizer.get_vocab():  # ChatML's end of turn, where the server stops
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(end, int):
+            ids.add(end)
     return ids
 
 
-def _energy_reader() -> Callable[[], float | None] | None:
-    """A joule counter from ``homespun.engines.telemetry`` when this machine has one.
+def _energy_meter() -> Any:
+    """An energy meter on this machine's counter (`homespun.engines.telemetry`: NVIDIA, AMD,
+    RAPL), or None when there is none: energy is then reported as not measured."""
+    from homespun.engines.telemetry import new_energy_meter
 
-    None when the module or a counter is absent: energy is then reported as not measured.
-    """
-    try:
-        from homespun.engines import telemetry  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    for name in ("energy_counter", "energy_reader", "read_energy_joules", "read_energy_j"):
-        fn = getattr(telemetry, name, None)
-        if not callable(fn):
-            continue
-        try:
-            got = fn()
-        except Exception:
-            return None
-        if callable(got):  # a factory: returns the reader, or None without a counter
-            reader = got
-        elif isinstance(got, (int, float)):
-            reader = fn
-        else:
-            return None
-        try:
-            if reader() is None:
-                return None
-        except Exception:
-            return None
-        return reader
-    return None
-
-
-def _measured_energy(reader: Callable[[], float | None] | None, before: float | None) -> float | None:
-    if reader is None or before is None:
-        return None
-    try:
-        after = reader()
-    except Exception:
-        return None
-    if after is None or after < before:  # counter wrapped or reset: not a measurement
-        return None
-    return float(after - before)
+    meter = new_energy_meter()
+    return meter if meter.source is not None else None
 
 
 def _sample_one(
-    model: Any, prompt_ids: list[int], cfg: GRPOConfig, pad_id: int, stop: set[int], energy: Any
+    model: Any, prompt_ids: list[int], cfg: GRPOConfig, pad_id: int, stop: set[int], meter: Any
 ) -> tuple[list[int], float, float | None]:
-    """One sampled completion (cut after its first stop token), its latency and energy."""
+    """One sampled completion (cut after its first stop token), its latency and energy.
+
+    The energy is the counter's difference over this generation: the whole device's, idle
+    power and other processes included, as telemetry measures every local call."""
     import torch
 
     input_ids = torch.tensor([prompt_ids], dtype=torch.long)
-    e0 = None
-    if energy is not None:
-        try:
-            e0 = energy()
-        except Exception:
-            e0 = None
+    if meter is not None:
+        meter.start()
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
@@ -281,7 +246,7 @@ def _sample_one(
             use_cache=True,
         )
     latency = time.perf_counter() - t0
-    joules = _measured_energy(energy, e0)
+    joules = meter.stop() if meter is not None else None
     ids = out[0, len(prompt_ids):].tolist()
     for i, tok in enumerate(ids):
         if tok in stop:
@@ -349,7 +314,7 @@ def train_grpo(
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     stop = _stop_ids(model, tokenizer)
-    energy = _energy_reader()
+    meter = _energy_meter()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     prompt_ids = [_prompt_ids(tokenizer, p) for p in prompts]
@@ -375,10 +340,14 @@ def train_grpo(
         for idx in chosen:
             completions, samples = [], []
             for _ in range(cfg.group_size):
-                ids, latency, joules = _sample_one(model, prompt_ids[idx], cfg, pad_id, stop, energy)
+                ids, latency, joules = _sample_one(
+                    model, prompt_ids[idx], cfg, pad_id, stop, meter
+                )
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 accuracy = float(scorer(idx, text))
                 completions.append(ids)
+                # cost: not measured. Telemetry prices a local call as its energy times the
+                # electricity price, which would only count the energy a second time.
                 samples.append(
                     Sample(accuracy=accuracy, energy_j=joules, latency_s=latency, cost_usd=None)
                 )
@@ -451,6 +420,7 @@ def train_grpo(
         "mean_accuracies": [round(s.mean_accuracy, 4) for s in history],
         "measured": history[-1].reward.get("measured", []),
         "not_measured": history[-1].reward.get("not_measured", []),
+        "energy_source": meter.source if meter is not None else None,
         "config": asdict(cfg),
         "weights": weights.model_dump(),
         "base_gguf": str(gguf_path),

@@ -246,7 +246,9 @@ def train_lora(
     kept = [e for e in encoded if len(e.input_ids) <= cfg.max_length]
     if not kept:
         raise TrainingError(f"every example is longer than max_length={cfg.max_length} tokens")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
 
     model.config.use_cache = False
     lora = LoraConfig(
