@@ -127,7 +127,7 @@ async def run_search(
     bench = get_benchmark(benchmark, settings)
     async with _graph(settings) as graph:
         if resume:
-            sid = _resumable(store, graph_state_of=None)
+            sid = _resumable(store)
             if sid is None:
                 out.stopped_because = "nothing to resume"
                 return out
@@ -197,7 +197,8 @@ async def run_search(
     return out
 
 
-def _resumable(store: LearningStore, graph_state_of: Any) -> str | None:
+def _resumable(store: LearningStore) -> str | None:
+    """The newest session that is still running or paused for review."""
     for row in store.sessions(limit=50):
         if row.status in ("running", "paused"):
             return row.id
