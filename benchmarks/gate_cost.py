@@ -87,7 +87,7 @@ async def main(sessions: int, proposals: int) -> None:
 
         spec.learning.tier_overrides = {op: "auto" for op in OP_NAMES}
         save_spec(spec, settings.spec_path)
-        from homespun.learning.checkpoints import CheckpointRepo
+        from homespun.stores.checkpoints import CheckpointRepo
 
         repo = CheckpointRepo(settings.home, settings.spec_path)
         repo.repo.index.add(["spec.toml"])

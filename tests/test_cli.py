@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from homespun.cli import app
-from homespun.learning.traces import TraceStore
+from homespun.stores.traces import TraceStore
 
 runner = CliRunner()
 

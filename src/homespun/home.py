@@ -34,7 +34,7 @@ def init_home(settings: Settings, *, force: bool = False) -> InitResult:
         created_spec = True
     created_repo = False
     if spec_path.parent.resolve() == home.resolve():
-        from homespun.learning.checkpoints import init_repo
+        from homespun.stores.checkpoints import init_repo
 
         created_repo = not (home / ".git").exists()
         init_repo(home, spec_path)

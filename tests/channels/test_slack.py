@@ -20,7 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient  # noqa: E402
 from homespun.channels.common import ChannelCore  # noqa: E402
 from homespun.channels.slack import SLACK_LIMIT, build_slack_app  # noqa: E402
 from homespun.engines.testing import ScriptedChatModel  # noqa: E402
-from homespun.learning.traces import TraceStore  # noqa: E402
+from homespun.stores.traces import TraceStore  # noqa: E402
 from homespun.spec import Spec, save_spec  # noqa: E402
 
 BOT_TOKEN = "xoxb-test-token"

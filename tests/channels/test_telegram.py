@@ -18,7 +18,7 @@ from telegram import Update  # noqa: E402
 from homespun.channels.common import ChannelCore  # noqa: E402
 from homespun.channels.telegram import TELEGRAM_LIMIT, build_telegram_app  # noqa: E402
 from homespun.engines.testing import ScriptedChatModel  # noqa: E402
-from homespun.learning.traces import TraceStore  # noqa: E402
+from homespun.stores.traces import TraceStore  # noqa: E402
 from homespun.spec import Spec, save_spec  # noqa: E402
 
 TOKEN = "123456:TEST-telegram-token"

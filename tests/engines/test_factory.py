@@ -13,7 +13,7 @@ import respx
 from homespun.engines.factory import EngineConfigError, build_chat_model, unsupported_fields
 from homespun.engines.testing import ScriptedChatModel
 from homespun.graphs.runner import run_assistant
-from homespun.learning.traces import TraceStore
+from homespun.stores.traces import TraceStore
 from homespun.spec import Spec
 
 

@@ -31,7 +31,7 @@ from homespun.engines.telemetry import (
 )
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.graphs.runner import run_assistant
-from homespun.learning.traces import TraceStore
+from homespun.stores.traces import TraceStore
 from homespun.spec import Spec
 
 runner = CliRunner()
@@ -437,7 +437,7 @@ def test_an_old_trace_database_gains_the_telemetry_columns(tmp_path):
 def _bench(monkeypatch, *extra: str):
     from homespun.cli import app
     from homespun.learning import evaluation
-    from homespun.learning import loop as search_loop
+    from homespun.graphs import search_loop
     from tests.learning.toy import StudentFactory, ToyBenchmark
 
     bench = ToyBenchmark(per_category=2)

@@ -9,7 +9,7 @@ from langchain_core.tools import tool
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.graphs.assistant import parse_plan
 from homespun.graphs.runner import run_assistant
-from homespun.learning.traces import TraceStore
+from homespun.stores.traces import TraceStore
 from homespun.spec import FewShotExample, Spec, VerifierSpec
 
 

@@ -18,8 +18,8 @@ from homespun.learning.diagnosis import (
     teacher_diagnosis,
 )
 from homespun.learning.tasks import Grade, Task
-from homespun.learning.teacher import BudgetExceeded, CostMeter, Usage
-from homespun.learning.traces import ToolCallRecord, Trace
+from homespun.engines.cost import BudgetExceeded, CostMeter, Usage
+from homespun.stores.traces import ToolCallRecord, Trace
 
 FAIL = Grade(success=False, score=0.0, reason="grader says no")
 

@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from homespun.cli import app
-from homespun.learning import loop as search_loop
-from homespun.learning.checkpoints import CheckpointRepo
-from homespun.learning.store import LearningStore
+from homespun.graphs import search_loop
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.learning import LearningStore
 from homespun.spec import load_spec, save_spec
 from homespun.spec.models import OP_NAMES
 
@@ -67,7 +67,7 @@ def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
     res = runner.invoke(app, ["learning", "run", "--benchmark", "toy", "--proposer", "llm"])
     assert res.exit_code == 0, res.output
     assert "ACCEPT" in res.output and "REJECT" in res.output and "paused" in res.output
-    store = LearningStore(home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     pending = store.proposals(status="pending_review")[0]["id"]
     listed = runner.invoke(app, ["learning", "review"])
     assert pending in listed.output
@@ -112,22 +112,22 @@ def test_agentdojo_banking_random_two_sessions_on_the_embedded_model(home, setti
     res = runner.invoke(app, ["learning", "run", "--benchmark", "agentdojo:banking",
                               "--proposer", "random", "--sessions", "2", "--limit", "2"])
     assert res.exit_code == 0, res.output
-    store = LearningStore(home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     sessions = store.sessions()
     assert len(sessions) == 2
     assert all(s.status == "done" and s.benchmark == "agentdojo:banking" for s in sessions)
     assert all(s.gate_score_before is not None for s in sessions)
     assert all(store.proposals(s.id) for s in sessions)  # each planned and gated something
     # every task run left a trace from the real engine
-    from homespun.learning.traces import TraceStore
+    from homespun.stores.traces import TraceStore
 
-    traces = TraceStore(home / "traces.db").list(limit=500)
+    traces = TraceStore(settings.traces_db).list(limit=500)
     assert traces and all(t.source == "eval:agentdojo:banking" for t in traces)
     assert any(t.model_calls > 0 and t.prompt_tokens > 0 for t in traces)
 
 
 def _traces(settings, n: int, high: int) -> None:
-    from homespun.learning.traces import TraceStore
+    from homespun.stores.traces import TraceStore
 
     store = TraceStore(settings.traces_db)
     for i in range(n):
@@ -148,7 +148,7 @@ def test_personal_cold_start_rules(home, settings):
     assert res.exit_code == 1 and "Not enough traces yet: 5 of 20" in res.output
 
     _traces(settings, 20, 3)  # 25 traces, 8 high-feedback: diagnosis only
-    bench_dir = home / "learning" / "benchmarks"
+    bench_dir = settings.benchmarks_dir
     bench_dir.mkdir(parents=True, exist_ok=True)
     tasks = [{"id": f"p-{i}", "query": f"question number {i}?", "category": "general",
               "gold": "42", "must_contain": ["42"], "source_trace": "x"} for i in range(4)]
@@ -162,7 +162,7 @@ def test_personal_cold_start_rules(home, settings):
         settings, benchmark="personal", proposer="random",
         student=lambda spec: ScriptedChatModel(script=["no idea"] * 20)))
     assert result.stopped_because == "diagnosis only (cold start)"
-    store = LearningStore(home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     session = store.session(result.sessions[0])
     assert session.status == "done" and store.proposals(session.id) == []
-    assert (home / "learning" / "sessions" / session.id / "diagnosis.md").exists()
+    assert (settings.sessions_dir / session.id / "diagnosis.md").exists()

@@ -29,9 +29,9 @@ from homespun.learning.benchmarks.personal import (
     task_id_for,
 )
 from homespun.learning.tasks import Benchmark
-from homespun.learning.teacher import BudgetExceeded, CostMeter
-from homespun.learning.traces import Trace, TraceStore
-from homespun.mcp_servers.memory_store import MemoryStore
+from homespun.engines.cost import BudgetExceeded, CostMeter
+from homespun.stores.traces import Trace, TraceStore
+from homespun.stores.memory import MemoryStore
 from homespun.spec import Spec
 
 _clock = iter(range(1_000_000))
@@ -84,7 +84,7 @@ def gold_teacher(gold_of=None, extra=()) -> ScriptedChatModel:
 
 
 def bench_file(settings, n: int) -> Path:
-    return settings.home / "learning" / "benchmarks" / f"personal_v{n}.json"
+    return settings.benchmarks_dir / f"personal_v{n}.json"
 
 
 # --------------------------------------------------------------------------- readiness

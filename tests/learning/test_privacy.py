@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from homespun.learning.privacy import eligible_traces, scrub_obj, scrub_text
-from homespun.learning.traces import ToolCallRecord, Trace
+from homespun.stores.traces import ToolCallRecord, Trace
 
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFsaWNlIn0"
        ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")

@@ -18,7 +18,7 @@ from homespun.learning.proposers import (
     pareto_frontier,
 )
 from homespun.learning.proposers.evolutionary import best_counts, dominates, select_parent
-from homespun.learning.teacher import BudgetExceeded, CostMeter
+from homespun.engines.cost import BudgetExceeded, CostMeter
 from homespun.spec import Spec
 from homespun.spec.edits import (
     PatchSystemPrompt,

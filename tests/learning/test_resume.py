@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from homespun.home import init_home
-from homespun.learning.checkpoints import CheckpointRepo
-from homespun.learning.store import LearningStore
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.learning import LearningStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_sigkill_during_execute_then_resume(settings):
     proc.wait(timeout=30)
     assert killed and proc.returncode == -signal.SIGKILL
 
-    store = LearningStore(settings.home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     accepted_before = {p["id"] for p in store.proposals(status="accepted")}
     assert len(accepted_before) == 1  # the first proposal was committed before the kill
 

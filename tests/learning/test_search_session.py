@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from homespun.cli import app
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.home import init_home
-from homespun.learning import loop as search_loop
-from homespun.learning.checkpoints import CheckpointRepo
-from homespun.learning.store import LearningStore
+from homespun.graphs import search_loop
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.learning import LearningStore
 from homespun.spec import load_spec
 
 from .toy import StudentFactory, ToyBenchmark
@@ -73,7 +73,7 @@ async def test_full_session_accepts_rejects_pauses_and_rolls_back(settings, toy)
     result = await search_loop.run_search(
         settings, benchmark="toy", proposer="llm", sessions=1, student=student,
         teacher=teacher_script(), on_event=lambda e, d: events.append(e))
-    store = LearningStore(settings.home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     sid = result.sessions[0]
     rows = {p["target"] + ":" + json.loads(p["ops"])[0]["op"]: p for p in store.proposals(sid)}
 
@@ -109,9 +109,9 @@ async def test_full_session_accepts_rejects_pauses_and_rolls_back(settings, toy)
     assert git_log(settings)[0].trailers["Risk-Tier"] == "review"
     session = store.session(sid)
     assert session.status == "done" and session.gate_score_after > session.gate_score_before
-    assert (settings.home / "learning" / "sessions" / sid / "diagnosis.md").exists()
-    assert json.loads((settings.home / "learning" / "sessions" / sid / "plan.json").read_text())
-    diagnosis_md = (settings.home / "learning" / "sessions" / sid / "diagnosis.md").read_text()
+    assert (settings.sessions_dir / sid / "diagnosis.md").exists()
+    assert json.loads((settings.sessions_dir / sid / "plan.json").read_text())
+    diagnosis_md = (settings.sessions_dir / sid / "diagnosis.md").read_text()
     assert "| math | math |" in diagnosis_md and "| 1.00 |" in diagnosis_md  # teacher re-ran
 
     # rollback --last: a revert commit, the prompt edit is gone, history kept
@@ -135,7 +135,7 @@ async def test_rejecting_in_review_leaves_no_trace_on_disk(settings, toy):
     n_commits = len(git_log(settings))
     await search_loop.decide_review(settings, result.paused_proposal, approve=False,
                                     reason="too blunt", student=student, teacher=teacher)
-    store = LearningStore(settings.home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     row = store.proposal(result.paused_proposal)
     assert (row["status"], row["reason"]) == ("review_rejected", "too blunt")
     assert settings.spec_path.read_text() == text_before
@@ -153,10 +153,11 @@ async def test_a_dirty_spec_stops_a_session(settings, toy):
 async def test_an_unchanged_spec_is_never_re_run(settings, toy):
     init_home(settings)
     student = StudentFactory()
-    from homespun.learning.evaluation import EvalCache, evaluate
+    from homespun.learning.evaluation import evaluate
+    from homespun.stores.eval_cache import EvalCache
 
     spec = load_spec(settings.spec_path)
-    cache = EvalCache(settings.home / "learning" / "learning.db")
+    cache = EvalCache(settings.learning_db)
     first = await evaluate(spec, settings, toy, toy.tasks(), cache=cache, student=student)
     calls = student.calls
     assert first.runs == len(toy.tasks()) and calls > 0

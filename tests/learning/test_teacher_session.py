@@ -9,14 +9,14 @@ import json
 import pytest
 
 from homespun.home import init_home
-from homespun.learning import loop as search_loop
-from homespun.learning.store import LearningStore
+from homespun.graphs import search_loop
+from homespun.stores.learning import LearningStore
 from homespun.learning.tasks import Task
-from homespun.learning.teacher import build_teacher
+from homespun.engines.providers import build_teacher
 from homespun.spec import load_spec
 
 from .test_search_session import PROPOSALS
-from .test_teacher import _anthropic_tool_use, stub  # noqa: F401 - pytest fixture
+from tests.engines.test_cost import _anthropic_tool_use, stub  # noqa: F401 - pytest fixture
 from .toy import CATEGORIES, StudentFactory, ToyBenchmark
 
 EMAIL, PHONE, KEY = "ada.lovelace@example.org", "+1 415 555 0134", \
@@ -76,7 +76,7 @@ async def test_session_with_the_anthropic_client_never_sends_private_data(
     teacher = build_teacher("anthropic:claude-opus-4-6", base_url=url)
     result = await search_loop.run_search(settings, benchmark="toy", proposer="llm",
                                           student=PrivateStudent(), teacher=teacher)
-    store = LearningStore(settings.home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     sid = result.sessions[0]
     statuses = {json.loads(p["ops"])[0]["op"]: p["status"] for p in store.proposals(sid)}
     assert statuses == {"set_memory_param": "accepted", "set_generation_param": "rejected"}

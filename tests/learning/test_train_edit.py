@@ -10,9 +10,9 @@ import pytest
 
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.home import init_home
-from homespun.learning import loop as search_loop
-from homespun.learning.checkpoints import CheckpointRepo
-from homespun.learning.store import LearningStore
+from homespun.graphs import search_loop
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.learning import LearningStore
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
 from homespun.spec import load_spec, save_spec
 
@@ -71,7 +71,7 @@ async def test_train_lora_approved_trained_gated_committed_and_rejected_leaves_n
 
     first = await search_loop.run_search(settings, benchmark="codeword", proposer="llm",
                                          teacher=t)
-    store = LearningStore(settings.home / "learning" / "learning.db")
+    store = LearningStore(settings.learning_db)
     assert first.paused_proposal  # train_lora is manual tier: it waits for a human
     assert store.proposal(first.paused_proposal)["tier"] == "manual"
     second = await search_loop.decide_review(settings, first.paused_proposal, approve=True,

@@ -14,7 +14,7 @@ import pytest
 from langchain_core.tools import tool
 
 from homespun.graphs.runner import run_assistant
-from homespun.learning.traces import Trace
+from homespun.stores.traces import Trace
 from homespun.learning.training.adapters import store_adapter
 from homespun.learning.training.data import (
     SFTExample,

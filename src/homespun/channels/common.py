@@ -21,7 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
 
 from homespun.graphs.runner import run_assistant
-from homespun.learning.traces import TraceStore
+from homespun.stores.traces import TraceStore
 from homespun.spec import Settings, Spec, SpecError, load_spec
 
 logger = logging.getLogger("homespun.channels")

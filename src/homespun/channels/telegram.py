@@ -24,7 +24,7 @@ from telegram.ext import (
     filters,
 )
 
-from homespun.learning.traces import parse_feedback
+from homespun.stores.traces import parse_feedback
 from homespun.spec import Settings
 
 from .common import ChannelCore, split_message

@@ -254,7 +254,7 @@ def traces_list(
     status: Annotated[str | None, typer.Option(help="ok | error | running")] = None,
 ):
     """Recent traces, newest first."""
-    from homespun.learning.traces import TraceStore
+    from homespun.stores.traces import TraceStore
 
     store = TraceStore(settings().traces_db)
     console.print(_render.traces_table(store.list(limit=limit, status=status)))
@@ -263,7 +263,7 @@ def traces_list(
 @traces_app.command("show")
 def traces_show(trace_id: str):
     """One trace: query, tool calls with arguments and results, answer, tokens, latency."""
-    from homespun.learning.traces import TraceStore
+    from homespun.stores.traces import TraceStore
 
     store = TraceStore(settings().traces_db)
     try:
@@ -277,7 +277,7 @@ def traces_show(trace_id: str):
 @app.command()
 def feedback(trace_id: str, value: Annotated[str, typer.Argument(help="up | down | 0..1")]):
     """Rate an answer; high-rated traces feed the personal benchmark."""
-    from homespun.learning.traces import TraceStore, parse_feedback
+    from homespun.stores.traces import TraceStore, parse_feedback
 
     try:
         score = parse_feedback(value)

@@ -134,9 +134,10 @@ def _report(result: Any) -> None:
 
 def _errors():
     from homespun.learning.benchmarks.personal import NoPersonalBenchmark, PersonalBenchmarkError
-    from homespun.learning.checkpoints import CheckpointError, DirtySpec
-    from homespun.learning.loop import SearchSetupError
-    from homespun.learning.teacher import BudgetExceeded, TeacherConfigError
+    from homespun.stores.checkpoints import CheckpointError, DirtySpec
+    from homespun.graphs.search_loop import SearchSetupError
+    from homespun.engines.cost import BudgetExceeded
+    from homespun.engines.providers import TeacherConfigError
 
     return (DirtySpec, CheckpointError, SearchSetupError, BudgetExceeded, KeyError,
             PersonalBenchmarkError, NoPersonalBenchmark, TeacherConfigError)
@@ -149,7 +150,7 @@ def learning_init():
 
     st = settings()
     init_home(st)
-    (st.home / "learning" / "sessions").mkdir(parents=True, exist_ok=True)
+    st.sessions_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"learning store: {st.home / 'learning'}; checkpoint repo: {st.home / '.git'}")
 
 
@@ -166,7 +167,7 @@ def learning_run(
                                               "category (quick runs).")] = None,
 ):
     """Run spec-search sessions (paper Algorithm 1)."""
-    from homespun.learning.loop import get_benchmark, run_search
+    from homespun.graphs.search_loop import get_benchmark, run_search
 
     st = settings()
     current_spec(st)
@@ -193,9 +194,9 @@ def _limited(tasks: list, limit: int) -> list:
 @learning_app.command("history")
 def learning_history(limit: Annotated[int, typer.Option()] = 20):
     """Past sessions, newest first."""
-    from homespun.learning.store import LearningStore
+    from homespun.stores.learning import LearningStore
 
-    store = LearningStore(settings().home / "learning" / "learning.db")
+    store = LearningStore(settings().learning_db)
     table = Table(title="spec-search sessions")
     table.add_column("session", no_wrap=True)
     table.add_column("started", no_wrap=True)
@@ -217,10 +218,10 @@ def learning_history(limit: Annotated[int, typer.Option()] = 20):
 @learning_app.command("show")
 def learning_show(session_id: str):
     """One session: its proposals, gate decisions and per-cluster scores."""
-    from homespun.learning.store import LearningStore
+    from homespun.stores.learning import LearningStore
 
     st = settings()
-    store = LearningStore(st.home / "learning" / "learning.db")
+    store = LearningStore(st.learning_db)
     try:
         s = store.session(session_id)
     except KeyError as exc:
@@ -229,7 +230,7 @@ def learning_show(session_id: str):
                   f"{s.proposer} · teacher {s.teacher or 'none'} · cost ${s.cost_usd:.4f}")
     if s.note:
         console.print(f"note: {s.note}")
-    folder = st.home / "learning" / "sessions" / s.id
+    folder = st.sessions_dir / s.id
     for name in ("diagnosis.md", "plan.json"):
         if (folder / name).exists():
             console.print(f"{name}: {folder / name}")
@@ -249,9 +250,9 @@ def learning_show(session_id: str):
 @learning_app.command("review")
 def learning_review():
     """Proposals waiting for your decision."""
-    from homespun.learning.store import LearningStore
+    from homespun.stores.learning import LearningStore
 
-    store = LearningStore(settings().home / "learning" / "learning.db")
+    store = LearningStore(settings().learning_db)
     pending = store.proposals(status="pending_review")
     if not pending:
         console.print("Nothing waits for review.")
@@ -265,7 +266,7 @@ def learning_review():
 
 
 def _decide(proposal_id: str, approve: bool, reason: str) -> None:
-    from homespun.learning.loop import decide_review
+    from homespun.graphs.search_loop import decide_review
 
     st = settings()
     try:
@@ -295,7 +296,7 @@ def learning_rollback(
     last: Annotated[bool, typer.Option("--last", help="The newest accepted edit.")] = False,
 ):
     """Undo accepted edits with revert commits (history is never rewritten)."""
-    from homespun.learning.loop import rollback
+    from homespun.graphs.search_loop import rollback
 
     if not target and not last:
         fail("give an edit id, a session id or a commit, or --last")
@@ -314,8 +315,9 @@ def benchmark_refresh(
 ):
     """Mine high-feedback traces into a new personal_vN.json, gold answers from the teacher."""
     from homespun.learning.benchmarks.personal import readiness, refresh_personal_benchmark
-    from homespun.learning.store import LearningStore
-    from homespun.learning.teacher import CostMeter, build_teacher
+    from homespun.stores.learning import LearningStore
+    from homespun.engines.cost import CostMeter
+    from homespun.engines.providers import build_teacher
 
     st = settings()
     spec = current_spec(st)
@@ -325,7 +327,7 @@ def benchmark_refresh(
         fail("the personal benchmark's gold answers come from the teacher: set "
              "learning.teacher (e.g. 'anthropic:claude-opus-4-6' or a local "
              "'ollama:MODEL')")
-    store = LearningStore(st.home / "learning" / "learning.db")
+    store = LearningStore(st.learning_db)
     try:
         teacher = build_teacher(spec.learning.teacher)
         meter = CostMeter.from_spec(spec.learning, spent_before_usd=store.total_cost())
@@ -342,7 +344,7 @@ def benchmark_show(name: Annotated[str, typer.Argument(
         help="starter | personal | personal_vN | agentdojo:SUITE")] = "starter"):
     """The tasks of a benchmark and how they split into search and held-out gate sets."""
     from homespun.learning.gate import split_tasks
-    from homespun.learning.loop import SearchSetupError, get_benchmark
+    from homespun.graphs.search_loop import SearchSetupError, get_benchmark
 
     st = settings()
     spec = current_spec(st) if st.spec_path.exists() else None
@@ -379,8 +381,9 @@ def bench_run(
         new_energy_meter,
         per_query,
     )
-    from homespun.learning.evaluation import EvalCache, evaluate
-    from homespun.learning.loop import SearchSetupError, get_benchmark
+    from homespun.learning.evaluation import evaluate
+    from homespun.stores.eval_cache import EvalCache
+    from homespun.graphs.search_loop import SearchSetupError, get_benchmark
     from homespun.spec import SpecError, load_spec
 
     from ._render import fmt_cost, fmt_energy
@@ -403,7 +406,7 @@ def bench_run(
     if batch:
         batch.start()
     result = run_async(evaluate(spec, st, bench, tasks, repeats=repeats, concurrency=concurrency,
-                                cache=EvalCache(st.home / "learning" / "learning.db"),
+                                cache=EvalCache(st.learning_db),
                                 on_outcome=lambda o: printer.on_task_done("", o)))
     batch_j = batch.stop() if batch else None
     printer.progress.stop() if printer.progress else None

@@ -33,7 +33,7 @@ _RESTART_HINT = {
 
 def parse_host_port(value: str) -> tuple[str, int]:
     """'HOST:PORT', '[::1]:PORT' or just 'PORT' (loopback)."""
-    from homespun.mcp_servers.assistant_server import DEFAULT_HTTP_PORT
+    from homespun.channels.mcp_server import DEFAULT_HTTP_PORT
 
     value = value.strip()
     if value.isdigit():
@@ -69,7 +69,7 @@ def serve(
     stdio by default (what Claude Desktop, Cursor and VS Code start; see `homespun mcp
     install`). Nothing but the protocol is written to stdout.
     """
-    from homespun.mcp_servers.assistant_server import (
+    from homespun.channels.mcp_server import (
         HttpEndpoint,
         RemoteBindRefused,
         serve_http,
@@ -115,7 +115,7 @@ def install(
 ):
     """Add homespun to an MCP client's config (merged: other servers are kept; a .bak of the
     previous file is left next to it)."""
-    from homespun.mcp_servers.client_config import (
+    from homespun.channels.mcp_clients import (
         ClientConfigError,
         default_config_path,
         install_entry,

@@ -80,8 +80,8 @@ def _search_demo(st, spec) -> None:
     """A short spec-search session on the starter benchmark, on a scratch copy of the spec
     (the quickstart never edits your own spec)."""
     from homespun.learning.benchmarks.starter import StarterBenchmark
-    from homespun.learning.checkpoints import CheckpointRepo
-    from homespun.learning.loop import run_search
+    from homespun.stores.checkpoints import CheckpointRepo
+    from homespun.graphs.search_loop import run_search
     from homespun.spec import Settings, save_spec
     from homespun.spec.models import OP_NAMES
 
@@ -111,9 +111,9 @@ def _search_demo(st, spec) -> None:
     result = run_async(run_search(demo, benchmark="starter",
                                   proposer=spec.learning.proposer if teacher else "random",
                                   sessions=1, tasks=tasks, on_event=EventPrinter()))
-    from homespun.learning.store import LearningStore
+    from homespun.stores.learning import LearningStore
 
-    store = LearningStore(demo.home / "learning" / "learning.db")
+    store = LearningStore(demo.learning_db)
     session = store.session(result.sessions[-1])
     accepted = store.proposals(session.id, status="accepted")
     before, after = session.gate_score_before, session.gate_score_after

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from homespun.learning.traces import Trace
+from homespun.stores.traces import Trace
 
 
 def _when(ts: float) -> str:

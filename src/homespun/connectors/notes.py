@@ -26,7 +26,8 @@ import fastmcp
 from fastmcp.exceptions import ToolError
 from pydantic import Field
 
-from homespun.mcp_servers.memory_store import fts5_query
+from homespun.stores.memory import fts5_query
+from homespun.stores.sqlite import connect
 from homespun.spec import Settings
 
 from ._options import OptionReader
@@ -176,15 +177,13 @@ class NoteIndex:
     def __init__(self, root: Path, db_path: Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.db_path = Path(db_path).expanduser()
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         with self._db() as db:
-            db.execute("PRAGMA journal_mode = WAL")
             db.executescript(_SCHEMA)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        db = connect(self.db_path, autocommit=True)
         try:
             yield db
         finally:

@@ -322,7 +322,7 @@ def _compact_arguments(params: dict[str, Any]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     parts: list[str] = []
@@ -374,7 +374,7 @@ def render_for_constrained_json(
     for message in messages:
         if isinstance(message, ToolMessage):
             name = message.name or call_names.get(message.tool_call_id) or "tool"
-            body = _text_of(message.content)
+            body = text_of(message.content)
             if getattr(message, "status", "success") == "error":
                 pending_results.append(f"Tool {name} returned an error:\n{body}")
             else:
@@ -391,7 +391,7 @@ def render_for_constrained_json(
                     for call in message.tool_calls
                 )
             else:
-                text = _dumps({"answer": _text_of(message.content)})
+                text = _dumps({"answer": text_of(message.content)})
             rendered.append(AIMessage(content=text, id=message.id, name=message.name))
         else:
             rendered.append(message)
@@ -853,7 +853,7 @@ class ToolCallingChatModel(BaseChatModel):
     def _recover_native(self, message: BaseMessage) -> BaseMessage:
         if not isinstance(message, AIMessage) or message.tool_calls:
             return message
-        calls = recover_tool_calls(_text_of(message.content), self._tool_names)
+        calls = recover_tool_calls(text_of(message.content), self._tool_names)
         if not calls:
             return message
         return AIMessage(
@@ -866,7 +866,7 @@ class ToolCallingChatModel(BaseChatModel):
         )
 
     def _constrained_message(self, message: BaseMessage) -> AIMessage:
-        text = _text_of(message.content)
+        text = text_of(message.content)
         fields: dict[str, Any] = {
             "id": _provider_id(message),
             "additional_kwargs": dict(getattr(message, "additional_kwargs", {}) or {}),
@@ -999,7 +999,7 @@ class _ConstrainedStream:
     def feed(self, item: BaseMessage) -> list[AIMessageChunk]:
         chunk = _as_chunk(item)
         # No tools were sent, so the inner cannot stream native tool-call chunks.
-        text = _text_of(chunk.content)
+        text = text_of(chunk.content)
         decoded = self.decoder.feed(text) if text else ""
         if decoded:
             return [_fresh_chunk(chunk, content=decoded, keep_tool_calls=False)]

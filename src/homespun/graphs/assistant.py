@@ -78,7 +78,7 @@ def new_question_state(question: HumanMessage) -> dict[str, Any]:
     }
 
 
-def _prompt(agent: AgentSpec, messages: Sequence[BaseMessage],
+def prompt_messages(agent: AgentSpec, messages: Sequence[BaseMessage],
             extra: str | None = None) -> list[BaseMessage]:
     out: list[BaseMessage] = [SystemMessage(agent.system_prompt)]
     for i, example in enumerate(agent.few_shot):
@@ -208,14 +208,14 @@ def build_assistant_graph(
         return auto
 
     async def call(runnable: Any, state: AssistantState, extra: str | None = None) -> dict:
-        reply = await runnable.ainvoke(_prompt(agent, state["messages"], extra))
+        reply = await runnable.ainvoke(prompt_messages(agent, state["messages"], extra))
         turns = state.get("turns", 0) + 1
         repeated = _repeated_calls(state, reply) if agent.repeat_guard else []
         if repeated and turns < agent.max_turns:
             # The result is already in the conversation: re-running the tool would only
             # loop. Ask once more, without tools, for the answer.
             instruction = REPEAT_INSTRUCTION.format(calls=", ".join(repeated))
-            answer_reply = await plain.ainvoke(_prompt(agent, state["messages"], instruction))
+            answer_reply = await plain.ainvoke(prompt_messages(agent, state["messages"], instruction))
             answer_reply.usage_metadata = _add_usage(reply, answer_reply)
             return {"messages": [answer_reply], "turns": turns + 1}
         return {"messages": [reply], "turns": turns}

@@ -27,8 +27,9 @@ from homespun.engines.telemetry import (
     electricity_usd_per_kwh,
     run_cost_usd,
 )
-from homespun.learning.teacher import price_for
-from homespun.learning.traces import ToolCallRecord, Trace, TraceStore
+from homespun.engines.cost import price_for
+from homespun.stores.sqlite import ensure_private_file
+from homespun.stores.traces import ToolCallRecord, Trace, TraceStore
 from homespun.spec import Settings, Spec
 
 from .assistant import AssistantState, build_assistant_graph, new_question_state, recursion_limit
@@ -157,7 +158,7 @@ async def run_assistant(
             if persist:
                 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-                settings.threads_db.parent.mkdir(parents=True, exist_ok=True)
+                ensure_private_file(settings.threads_db)
                 checkpointer = await stack.enter_async_context(
                     AsyncSqliteSaver.from_conn_string(str(settings.threads_db))
                 )

@@ -22,9 +22,10 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
-from homespun.learning.checkpoints import CheckpointRepo
+from homespun.stores.checkpoints import CheckpointRepo
 from homespun.learning.clusters import Diagnosis
-from homespun.learning.evaluation import EvalCache, EvalResult, StudentFactory, evaluate
+from homespun.learning.evaluation import EvalResult, StudentFactory, evaluate
+from homespun.stores.eval_cache import EvalCache
 from homespun.learning.gate import (
     cluster_categories,
     cluster_scores,
@@ -32,9 +33,9 @@ from homespun.learning.gate import (
     gate_subsample,
     split_tasks,
 )
-from homespun.learning.store import LearningStore
+from homespun.stores.learning import LearningStore
 from homespun.learning.tasks import Benchmark, Task
-from homespun.learning.traces import TraceStore
+from homespun.stores.traces import TraceStore
 from homespun.spec import Settings, Spec
 from homespun.spec.edits import EditError, Proposal, apply_proposal, describe_proposal, risk_tier
 
@@ -58,11 +59,11 @@ class SearchRuntime:
 
     @property
     def store(self) -> LearningStore:
-        return LearningStore(self.settings.home / "learning" / "learning.db")
+        return LearningStore(self.settings.learning_db)
 
     @property
     def cache(self) -> EvalCache:
-        return EvalCache(self.settings.home / "learning" / "learning.db")
+        return EvalCache(self.settings.learning_db)
 
     @property
     def checkpoints(self) -> CheckpointRepo:
@@ -115,7 +116,8 @@ def default_runtime(configurable: dict[str, Any]) -> SearchRuntime:
     Studio): `benchmark` and `proposer` may come from the run's configurable."""
     from homespun.learning.benchmarks.registry import get_benchmark
     from homespun.learning.proposers import make_proposer
-    from homespun.learning.teacher import CostMeter, build_teacher
+    from homespun.engines.cost import CostMeter
+    from homespun.engines.providers import build_teacher
     from homespun.spec import load_spec
 
     key = f"{configurable.get('thread_id')}:{configurable.get('benchmark')}"
@@ -123,7 +125,7 @@ def default_runtime(configurable: dict[str, Any]) -> SearchRuntime:
         settings = Settings()
         spec = load_spec(settings.spec_path)
         teacher = build_teacher(spec.learning.teacher) if spec.learning.teacher else None
-        store = LearningStore(settings.home / "learning" / "learning.db")
+        store = LearningStore(settings.learning_db)
         meter = CostMeter.from_spec(spec.learning, spent_before_usd=store.total_cost())
         proposer = configurable.get("proposer") or spec.learning.proposer
         _DEFAULT_RUNTIMES[key] = SearchRuntime(
@@ -140,7 +142,7 @@ def _runtime(config: RunnableConfig) -> SearchRuntime:
 
 
 def _session_dir(rt: SearchRuntime, sid: str):
-    path = rt.settings.home / "learning" / "sessions" / sid
+    path = rt.settings.sessions_dir / sid
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -46,8 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from homespun.learning.clusters import REST_CLUSTER_ID, Cluster, Diagnosis, FailureSignature
 from homespun.learning.privacy import eligible_traces, scrub_obj, scrub_text
 from homespun.learning.tasks import Grade, Task
-from homespun.learning.teacher import CostMeter, Usage, max_output_tokens
-from homespun.learning.traces import Trace
+from homespun.engines.cost import CostMeter, Usage, max_output_tokens
+from homespun.stores.traces import Trace
 
 SIGNATURES: tuple[str, ...] = get_args(FailureSignature)
 

@@ -11,41 +11,19 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
 from langchain_core.language_models import BaseChatModel
 
 from homespun.graphs.runner import run_assistant
 from homespun.learning.tasks import Benchmark, Grade, Task
-from homespun.learning.traces import TraceStore
+from homespun.stores.eval_cache import EvalCache, TaskOutcome
+from homespun.stores.traces import TraceStore
 from homespun.spec import Settings, Spec
 
 StudentFactory = Callable[[Spec], BaseChatModel]
 ProgressCallback = Callable[["TaskOutcome"], None]
-
-
-@dataclass
-class TaskOutcome:
-    task_id: str
-    category: str
-    repeat: int
-    success: bool
-    score: float
-    reason: str
-    trace_id: str
-    status: str
-    error: str | None
-    answer: str | None
-    latency_s: float
-    prompt_tokens: int
-    completion_tokens: int
-    tool_calls: int
-    cached: bool = False
-    # Measured by the runner; None = not measured. Defaults keep older cache rows loadable.
-    energy_j: float | None = None
-    cost_usd: float | None = None
 
 
 @dataclass
@@ -71,43 +49,6 @@ class EvalResult:
 
     def mean_latency(self) -> float:
         return sum(o.latency_s for o in self.outcomes) / max(len(self.outcomes), 1)
-
-
-class EvalCache:
-    """Outcomes by (spec hash, benchmark, version, task, repeat) in learning.db."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        if "eval_cache" not in self.db.table_names():
-            self.db["eval_cache"].create(
-                {"spec_hash": str, "benchmark": str, "version": str, "task_id": str,
-                 "repeat": int, "outcome": str, "created_at": float},
-                pk=("spec_hash", "benchmark", "version", "task_id", "repeat"),
-            )
-
-    def get(self, spec_hash: str, benchmark: Benchmark, task_id: str,
-            repeat: int) -> TaskOutcome | None:
-        rows = list(self.db.query(
-            "select outcome from eval_cache where spec_hash = ? and benchmark = ? and "
-            "version = ? and task_id = ? and repeat = ?",
-            [spec_hash, benchmark.name, benchmark.version, task_id, repeat],
-        ))
-        if not rows:
-            return None
-        outcome = TaskOutcome(**json.loads(rows[0]["outcome"]))
-        outcome.cached = True
-        return outcome
-
-    def put(self, spec_hash: str, benchmark: Benchmark, outcome: TaskOutcome) -> None:
-        self.db["eval_cache"].upsert(
-            {"spec_hash": spec_hash, "benchmark": benchmark.name, "version": benchmark.version,
-             "task_id": outcome.task_id, "repeat": outcome.repeat,
-             "outcome": json.dumps({**asdict(outcome), "cached": False}),
-             "created_at": time.time()},
-            pk=("spec_hash", "benchmark", "version", "task_id", "repeat"),
-        )
 
 
 async def _run_one(spec: Spec, settings: Settings, benchmark: Benchmark, task: Task,

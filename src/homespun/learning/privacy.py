@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from homespun.learning.traces import Trace
+from homespun.stores.traces import Trace
 
 EMAIL = "<EMAIL>"
 PHONE = "<PHONE>"

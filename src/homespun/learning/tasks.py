@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from langchain_core.tools import BaseTool
 
-from homespun.learning.traces import Trace
+from homespun.stores.traces import Trace
 from homespun.spec import Settings, Spec
 
 

@@ -25,7 +25,7 @@ import fastmcp
 from fastmcp.exceptions import ToolError
 from pydantic import Field
 
-from .memory_store import MemoryStore
+from homespun.stores.memory import MemoryStore
 
 __all__ = [
     "CORE_TOOL_DESCRIPTIONS",

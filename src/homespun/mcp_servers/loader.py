@@ -73,7 +73,7 @@ def connection_for(server: ToolServerSpec, index: int) -> dict[str, Any]:
     raise ValueError(f"{where} is built in, it has no connection")
 
 
-def _apply_spec(server: ToolServerSpec, index: int, offered: list[BaseTool]) -> list[BaseTool]:
+def apply_server_spec(server: ToolServerSpec, index: int, offered: list[BaseTool]) -> list[BaseTool]:
     names = {t.name for t in offered}
     where = f"tools.servers[{index}]"
     listed = ", ".join(sorted(names)) or "no tools"
@@ -159,7 +159,7 @@ async def open_tools(spec: Spec, settings: Settings) -> AsyncIterator[LoadedTool
                     f"tools.servers[{index}] ({server.name!r}, {server.kind}) could not be "
                     f"started: {type(exc).__name__}: {exc}"
                 ) from exc
-            for tool in _apply_spec(server, index, offered):
+            for tool in apply_server_spec(server, index, offered):
                 if tool.name in loaded.server_of:
                     raise ToolLoadError(
                         f"tool {tool.name!r} is offered by both {loaded.server_of[tool.name]!r} "
@@ -210,7 +210,7 @@ async def load_tools_stateless(spec: Spec, settings: Settings) -> LoadedTools:
                 f"tools.servers[{index}] ({server.name!r}, {server.kind}) could not be "
                 f"started: {type(exc).__name__}: {exc}"
             ) from exc
-        for tool in _apply_spec(server, index, offered):
+        for tool in apply_server_spec(server, index, offered):
             if tool.name in loaded.server_of:
                 raise ToolLoadError(f"tool {tool.name!r} is offered by two servers")
             loaded.tools.append(tool)

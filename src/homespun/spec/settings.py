@@ -42,3 +42,27 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.home.expanduser() / "logs"
+
+    @property
+    def learning_dir(self) -> Path:
+        return self.home.expanduser() / "learning"
+
+    @property
+    def learning_db(self) -> Path:
+        """Sessions, proposals, per-cluster scores, costs and the eval cache."""
+        return self.learning_dir / "learning.db"
+
+    @property
+    def search_db(self) -> Path:
+        """Checkpoints of the search graph, so a killed session resumes where it stopped."""
+        return self.learning_dir / "search.db"
+
+    @property
+    def sessions_dir(self) -> Path:
+        """One folder per search session (diagnosis.md, plan.json)."""
+        return self.learning_dir / "sessions"
+
+    @property
+    def benchmarks_dir(self) -> Path:
+        """Versioned personal benchmarks (personal_vN.json) and their task data."""
+        return self.learning_dir / "benchmarks"

@@ -42,7 +42,7 @@ from langchain_core.tools import BaseTool
 from pydantic import PrivateAttr
 
 from homespun.learning.tasks import Grade, Task
-from homespun.learning.traces import Trace
+from homespun.stores.traces import Trace
 from homespun.spec import Settings, Spec, ToolServerSpec
 
 if TYPE_CHECKING:
@@ -268,11 +268,11 @@ def create_suite_server(suite: str, world: TaskEnvironment, *,
 
 
 def _apply_spec_tools(spec: Spec, name: str, offered: list[BaseTool]) -> list[BaseTool]:
-    from homespun.mcp_servers.loader import _apply_spec
+    from homespun.mcp_servers.loader import apply_server_spec
 
     for index, server in enumerate(spec.tools.servers):
         if server.name == name:
-            return _apply_spec(server, index, offered)
+            return apply_server_spec(server, index, offered)
     return [t.model_copy(update={"metadata": {**(t.metadata or {}), "mcp_server": name}})
             for t in offered]
 

@@ -46,8 +46,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from homespun.learning.privacy import eligible_traces, scrub_text
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
-from homespun.learning.teacher import max_output_tokens
-from homespun.learning.traces import Trace, TraceStore
+from homespun.engines.cost import max_output_tokens
+from homespun.stores.traces import Trace, TraceStore
 from homespun.spec import Settings, Spec
 
 __all__ = [
@@ -319,7 +319,7 @@ async def _ask_teacher(teacher: BaseChatModel, meter: Any, queries: list[str],
 
 
 def _benchmarks_dir(settings: Settings) -> Path:
-    return settings.home.expanduser() / "learning" / "benchmarks"
+    return settings.benchmarks_dir
 
 
 def _versions(settings: Settings) -> dict[int, Path]:

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
-from homespun.learning.traces import Trace
+from homespun.stores.traces import Trace
 from homespun.spec import Settings, Spec
 
 BENCHMARK_VERSION = "starter-1"
@@ -131,7 +131,7 @@ class StarterBenchmark:
     async def environment(self, task: Task, spec: Spec,
                           settings: Settings) -> AsyncIterator[SimpleEnvironment]:
         from homespun.mcp_servers.loader import open_tools
-        from homespun.mcp_servers.memory_store import MemoryStore
+        from homespun.stores.memory import MemoryStore
 
         with tempfile.TemporaryDirectory(prefix=f"homespun-{task.id}-") as tmp:
             world = Settings(home=Path(tmp), models_dir=settings.models_path)

@@ -27,7 +27,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from homespun.learning.clusters import Cluster
-from homespun.learning.teacher import BudgetExceeded
+from homespun.engines.cost import BudgetExceeded
 from homespun.spec import Spec
 from homespun.spec.edits import PRIMITIVE_OF, EditError, Proposal, apply_proposal
 

@@ -3,7 +3,7 @@
 A LoRA learns what follows *its* prompt; trained on a different system prompt, without the
 few-shot turns, or on a bare answer where the runtime decodes ``{"answer": "..."}``, it
 would be trained for a conversation that never happens. So every example is built by the
-assistant's own prompt builder (`homespun.graphs.assistant._prompt`: system prompt, few-shot
+assistant's own prompt builder (`homespun.graphs.assistant.prompt_messages`: system prompt, few-shot
 turns, the conversation) and, for ``tool_call_format = "constrained_json"``, rendered by the
 same `render_for_constrained_json` the engine wrapper uses, so the target is the JSON text the
 runtime decodes. The last message of an example is the assistant's final answer, the only
@@ -24,7 +24,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from homespun.learning.privacy import eligible_traces, scrub_obj
-from homespun.learning.traces import Trace
+from homespun.stores.traces import Trace
 from homespun.spec import Spec
 
 __all__ = ["SFTExample", "sft_examples_from_pairs", "sft_examples_from_traces"]
@@ -147,10 +147,10 @@ def _render(
 ) -> list[dict[str, Any]]:
     # graphs imports learning (stores); importing graphs at module level would be a cycle.
     from homespun.engines.tool_calls import render_for_constrained_json
-    from homespun.graphs.assistant import ANSWER_INSTRUCTION, _prompt
+    from homespun.graphs.assistant import ANSWER_INSTRUCTION, prompt_messages
 
     extra = ANSWER_INSTRUCTION if spec.agent.loop == "plan_execute" else None
-    prompt = _prompt(spec.agent, history, extra)
+    prompt = prompt_messages(spec.agent, history, extra)
     answer_tools = _answering_tools(spec, tools)
     if spec.engine.tool_call_format == "constrained_json":
         rendered = render_for_constrained_json(
@@ -173,9 +173,9 @@ def _role(message: BaseMessage) -> str:
 
 
 def _content(message: BaseMessage) -> str:
-    from homespun.engines.tool_calls import _text_of
+    from homespun.engines.tool_calls import text_of
 
-    return _text_of(message.content)
+    return text_of(message.content)
 
 
 def _plain_message(message: BaseMessage) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from homespun.stores.sqlite import connect
+
 __all__ = ["MemoryHit", "MemoryStore", "fts5_query"]
 
 _TABLE = "memories"
@@ -74,7 +76,6 @@ class MemoryStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.enable_wal()
             table = db.table(_TABLE)
@@ -90,7 +91,7 @@ class MemoryStore:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite_utils.Database]:
-        conn = sqlite3.connect(self.path, timeout=10.0)
+        conn = connect(self.path)
         try:
             db = sqlite_utils.Database(conn)
             yield db

@@ -17,17 +17,9 @@ from langchain_openai import ChatOpenAI
 from homespun.learning import diagnosis as diagnosis_mod
 from homespun.learning.diagnosis import FailedRun, teacher_diagnosis
 from homespun.learning.tasks import Grade, Task
-from homespun.learning.teacher import (
-    PRICES_PER_MTOK,
-    BudgetExceeded,
-    CostMeter,
-    TeacherConfigError,
-    Usage,
-    build_teacher,
-    parse_teacher,
-    price_for,
-)
-from homespun.learning.traces import ToolCallRecord, Trace
+from homespun.engines.cost import PRICES_PER_MTOK, BudgetExceeded, CostMeter, Usage, price_for
+from homespun.engines.providers import TeacherConfigError, build_teacher, parse_teacher
+from homespun.stores.traces import ToolCallRecord, Trace
 from homespun.spec import Spec
 
 # --------------------------------------------------------------------------- ids and prices

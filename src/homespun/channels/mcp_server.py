@@ -33,7 +33,7 @@ from pydantic import Field
 
 from homespun.spec import Settings, Spec, SpecError, load_spec
 
-from .memory_store import MemoryStore
+from homespun.stores.memory import MemoryStore
 
 __all__ = [
     "DEFAULT_HTTP_PORT",
@@ -140,7 +140,7 @@ def create_assistant_server(settings: Settings, *, auth: AuthProvider | None = N
         trace_id: Annotated[str, Field(description="The trace ID (or a unique prefix).")],
         value: Annotated[str, Field(description="'up', 'down', or a number from 0 to 1.")],
     ) -> str:
-        from homespun.learning.traces import TraceStore, parse_feedback
+        from homespun.stores.traces import TraceStore, parse_feedback
 
         try:
             score = parse_feedback(value)

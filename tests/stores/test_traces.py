@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from homespun.learning.traces import ToolCallRecord, TraceStore, parse_feedback
+from homespun.stores.traces import ToolCallRecord, TraceStore, parse_feedback
 
 
 def test_a_started_run_is_visible_before_it_finishes(tmp_path):

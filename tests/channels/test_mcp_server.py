@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from homespun.cli._mcp import mcp_app, parse_host_port
 from homespun.home import init_home
-from homespun.learning.traces import TraceStore
-from homespun.mcp_servers.assistant_server import (
+from homespun.stores.traces import TraceStore
+from homespun.channels.mcp_server import (
     RemoteBindRefused,
     create_assistant_server,
     ensure_token,
@@ -29,7 +29,7 @@ from homespun.mcp_servers.assistant_server import (
     thread_id_for_session,
     token_path,
 )
-from homespun.mcp_servers.memory_store import MemoryStore
+from homespun.stores.memory import MemoryStore
 from homespun.spec import Settings, load_spec, save_spec
 from tests.conftest import test_models_dir
 

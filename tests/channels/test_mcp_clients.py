@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 from homespun.cli._mcp import mcp_app
 from homespun.home import init_home
-from homespun.mcp_servers.client_config import (
+from homespun.channels.mcp_clients import (
     ClientConfigError,
     default_config_path,
     install_entry,
     server_entry,
 )
-from homespun.mcp_servers.memory_store import MemoryStore
+from homespun.stores.memory import MemoryStore
 from homespun.spec import Settings
 
 runner = CliRunner()

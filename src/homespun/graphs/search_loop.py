@@ -14,9 +14,10 @@ from typing import Any
 from langgraph.types import Command
 
 from homespun.graphs.search import EventCallback, SearchRuntime, build_search_graph
-from homespun.learning.checkpoints import CheckpointRepo
+from homespun.stores.checkpoints import CheckpointRepo
 from homespun.learning.evaluation import StudentFactory
-from homespun.learning.store import LearningStore
+from homespun.stores.sqlite import ensure_private_file
+from homespun.stores.learning import LearningStore
 from homespun.learning.tasks import Benchmark
 from homespun.spec import Settings, Spec, load_spec
 
@@ -45,11 +46,12 @@ class LoopResult:
 
 
 def _store(settings: Settings) -> LearningStore:
-    return LearningStore(settings.home / "learning" / "learning.db")
+    return LearningStore(settings.learning_db)
 
 
 def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: Any | None):
-    from homespun.learning.teacher import CostMeter, build_teacher
+    from homespun.engines.cost import CostMeter
+    from homespun.engines.providers import build_teacher
 
     budgets = spec.learning.budgets
     name = spec.learning.teacher
@@ -77,8 +79,7 @@ def _proposer(name: str, teacher: Any | None):
 async def _graph(settings: Settings):
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    path = settings.home / "learning" / "search.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = ensure_private_file(settings.search_db)
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         yield build_search_graph(checkpointer=saver)
 

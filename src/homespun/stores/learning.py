@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from homespun.stores.sqlite import open_database
 
 from homespun.spec.edits import Proposal
 
@@ -38,9 +38,7 @@ class SessionRow:
 class LearningStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = open_database(self.path)
         self._schema()
 
     def _schema(self) -> None:

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from homespun.mcp_servers.memory_store import MemoryStore, fts5_query
+from homespun.stores.memory import MemoryStore, fts5_query
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlite_utils
+from homespun.stores.sqlite import open_database
 
 TraceStatus = Literal["running", "ok", "error"]
 
@@ -76,9 +76,7 @@ _TELEMETRY_COLUMNS: dict[str, type] = {
 class TraceStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite_utils.Database(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = open_database(self.path)
         self._ensure_schema()
 
     def _ensure_schema(self) -> None:
