@@ -3,6 +3,7 @@
 
     python3 tasks.py quickstart   # make .venv, install homespun, run `homespun quickstart`
     python3 tasks.py test         # make .venv, install homespun[dev], run the test suite
+    python3 tasks.py lint         # the one-way layers (lint-imports) and ruff check + format
 
 Extra arguments after `test` go to pytest (e.g. `python3 tasks.py test -k spec -x`).
 Uses only the standard library so it runs before anything is installed.
@@ -57,13 +58,18 @@ def install(extras: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("quickstart", "test"):
+    if not argv or argv[0] not in ("quickstart", "test", "lint"):
         sys.exit(__doc__)
     ensure_venv()
     env = dict(os.environ)
     if argv[0] == "quickstart":
         install("")
         _run(BIN / "homespun", "quickstart", *argv[1:], env=env)
+    elif argv[0] == "lint":
+        install("dev")
+        _run(BIN / "lint-imports", env=env)
+        _run(BIN / "ruff", "check", "src", "tests", "benchmarks", "tasks.py", env=env)
+        _run(BIN / "ruff", "format", "--check", "src", "tests", "benchmarks", "tasks.py", env=env)
     else:
         install("dev")
         # The test model is pulled once per machine into .cache/models.

@@ -1,6 +1,6 @@
 """Run the assistant of a spec over benchmark tasks, grade each run, cache the outcomes.
 
-Rules (DESIGN.md): a run that errors is a failure, never dropped; outcomes are cached by
+Rules (ARCHITECTURE.md, "The gate"): a run that errors is a failure, never dropped; outcomes are cached by
 (spec hash, benchmark + version, task id, repeat), so an unchanged spec is never re-run;
 every run leaves a trace (source 'eval:<benchmark>').
 """

@@ -2,7 +2,7 @@
 
 A trace the user rated highly (feedback >= 0.7 by default) says "this is a thing I ask";
 it does not say the student's answer was right, and the student's answer is never the
-reference (DESIGN.md, mistakes of the original system). The *teacher* writes the reference:
+reference (graded against its own answers, a benchmark measures nothing). The *teacher* writes the reference:
 for each query (scrubbed, and without the student's answer, so it is not anchored on it) a
 gold answer, the key phrases any correct answer contains (`must_contain`, what we grade on)
 and a skill label (the cluster scope).
