@@ -1,20 +1,22 @@
 """What a model call costs: list prices, token usage, and the meter that keeps teacher
 spend under its caps.
 
-Every teacher call goes through a `CostMeter`: `check()` before the call refuses it when it
-could take the session or the total spend over its cap, `record()` after it adds what the
-call cost. Retries and fallbacks are calls like any other; a finished call that reports no
-usage is charged at the estimate its `check()` made, never as free.
+Every teacher call goes through `metered_call` (or its sync twin), on a `CostMeter`:
+`check()` before the call refuses it when it could take the session or the total spend over
+its cap, `record()` after it adds what the call cost. Retries and fallbacks are calls like
+any other; a call that reports no usage, or fails, is charged at the estimate its `check()`
+made, never as free.
 """
 
 from __future__ import annotations
 
-import os
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from homespun.spec.models import LearningSpec
 
@@ -50,7 +52,6 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
 _FALLBACK_PRICE = max(PRICES_PER_MTOK.values(), key=lambda p: p[0] + p[1])
 
 PROVIDERS = ("anthropic", "openai", "ollama", "openai_compatible")
-
 
 
 def price_for(model: str) -> tuple[tuple[float, float], bool]:
@@ -191,3 +192,72 @@ def max_output_tokens(model: Any, default: int = 4096) -> int:
     if bound is not None and bound is not model:
         return max_output_tokens(bound, default)
     return default
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def estimate_tokens(messages: Sequence[BaseMessage], tools: Sequence[Any] = ()) -> int:
+    """Input tokens of a call, for the meter's check: the characters of the messages (text and
+    tool calls) plus those of the tool schemas (JSON), at 4 characters a token, rounded up.
+
+    `tools` may be OpenAI-format dicts or anything `convert_to_openai_tool` takes.
+    """
+    chars = sum(_message_chars(m) for m in messages)
+    chars += sum(len(json.dumps(t if isinstance(t, dict) else convert_to_openai_tool(t),
+                                default=str)) for t in tools)
+    return -(-chars // 4)
+
+
+def _message_chars(m: BaseMessage) -> int:
+    content = m.content if isinstance(m.content, str) else json.dumps(m.content, default=str)
+    calls = getattr(m, "tool_calls", None)
+    return len(content) + (len(json.dumps(calls, default=str)) if calls else 0)
+
+
+# --------------------------------------------------------------------------- metered calls
+
+
+async def metered_call(meter: CostMeter | None, model: Any, messages: Sequence[BaseMessage],
+                       *, tools: Sequence[Any] = (), max_output_tokens: int | None = None,
+                       **kwargs: Any) -> AIMessage:
+    """`model.ainvoke(messages)` on `meter`: checked before (BudgetExceeded propagates and the
+    model is not called), recorded after. A failed call may still be billed, so it is charged
+    at the estimate, then its exception propagates.
+
+    `tools` are the schemas bound to `model`, counted in the estimate; `max_output_tokens`
+    defaults to the model's own limit. With no meter the call is just made.
+    """
+    _check(meter, model, messages, tools, max_output_tokens)
+    try:
+        reply = await model.ainvoke(messages, **kwargs)
+    except BaseException:
+        if meter is not None:
+            meter.record(None)
+        raise
+    if meter is not None:
+        meter.record(reply)
+    return reply
+
+
+def metered_call_sync(meter: CostMeter | None, model: Any, messages: Sequence[BaseMessage],
+                      *, tools: Sequence[Any] = (), max_output_tokens: int | None = None,
+                      **kwargs: Any) -> AIMessage:
+    """`metered_call` for a synchronous caller."""
+    _check(meter, model, messages, tools, max_output_tokens)
+    try:
+        reply = model.invoke(messages, **kwargs)
+    except BaseException:
+        if meter is not None:
+            meter.record(None)
+        raise
+    if meter is not None:
+        meter.record(reply)
+    return reply
+
+
+def _check(meter: CostMeter | None, model: Any, messages: Sequence[BaseMessage],
+           tools: Sequence[Any], max_out: int | None) -> None:
+    if meter is not None:
+        meter.check(estimated_input_tokens=estimate_tokens(messages, tools),
+                    max_output_tokens=max_output_tokens(model) if max_out is None else max_out)

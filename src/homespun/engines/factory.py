@@ -8,13 +8,13 @@ repeat_penalty; Anthropic's has no seed or repeat penalty): those are listed by
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
 from homespun.spec import Settings, Spec
 
+from .providers import build_provider_model
 from .tool_calls import ToolCallingChatModel
 
 # Fields each backend cannot express, and why the CLI shows a note about them.
@@ -40,17 +40,6 @@ def unsupported_fields(spec: Spec) -> tuple[str, ...]:
     return _UNSUPPORTED[spec.engine.backend]
 
 
-def _api_key(spec: Spec, fallback_env: str, required: bool) -> str | None:
-    env_name = spec.engine.api_key_env or fallback_env
-    key = os.environ.get(env_name) if env_name else None
-    if required and not key:
-        raise EngineConfigError(
-            f"engine.backend = {spec.engine.backend!r} needs an API key: set the environment "
-            f"variable {env_name} (or name another one in engine.api_key_env)"
-        )
-    return key
-
-
 def _seed(spec: Spec) -> int | None:
     return None if spec.intelligence.seed < 0 else spec.intelligence.seed
 
@@ -65,10 +54,9 @@ def _check_adapters(spec: Spec) -> None:
         )
 
 
-def _openai_style(spec: Spec, *, base_url: str | None, api_key: str, model: str,
-                  llama_extras: bool, lora_field: bool = False) -> BaseChatModel:
-    from langchain_openai import ChatOpenAI
-
+def _openai_style(spec: Spec, *, provider: str, base_url: str | None, model: str,
+                  llama_extras: bool, lora_field: bool = False, api_key: str | None = None,
+                  api_key_env: str | None = None) -> BaseChatModel:
     intel = spec.intelligence
     extra_body: dict[str, Any] = {}
     if llama_extras:
@@ -83,18 +71,24 @@ def _openai_style(spec: Spec, *, base_url: str | None, api_key: str, model: str,
         extra_body["lora"] = [
             {"id": i, "scale": adapter.scale} for i, adapter in enumerate(intel.adapters)
         ]
-    return ChatOpenAI(
-        model=model,
-        base_url=base_url,
-        api_key=api_key,
-        temperature=intel.temperature,
-        top_p=intel.top_p,
-        max_tokens=intel.max_tokens,
-        seed=_seed(spec),
-        timeout=spec.engine.timeout_s,
-        max_retries=0,
-        stream_usage=True,
-        extra_body=extra_body or None,
+    return _provider_model(
+        spec, provider, model, base_url=base_url, api_key=api_key, api_key_env=api_key_env,
+        generation={"temperature": intel.temperature, "top_p": intel.top_p,
+                    "seed": _seed(spec)},
+        extra_body=extra_body,
+    )
+
+
+def _provider_model(spec: Spec, provider: str, model: str, *, base_url: str | None,
+                    api_key: str | None = None, api_key_env: str | None = None,
+                    generation: dict[str, Any], extra_body: dict[str, Any] | None = None
+                    ) -> BaseChatModel:
+    return build_provider_model(
+        provider, model, who=f"engine.backend = {spec.engine.backend!r}",
+        error=EngineConfigError, base_url=base_url, api_key=api_key,
+        api_key_env=api_key_env, key_hint=" (or name another one in engine.api_key_env)",
+        max_tokens=spec.intelligence.max_tokens, timeout_s=spec.engine.timeout_s,
+        max_retries=0, generation=generation, extra_body=extra_body,
     )
 
 
@@ -102,6 +96,7 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
     """The raw backend chat model, without tool-call handling."""
     backend = spec.engine.backend
     intel = spec.intelligence
+    key_env = spec.engine.api_key_env
     _check_adapters(spec)
     if backend == "embedded":
         from .catalog import resolve_model_path
@@ -117,63 +112,39 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
             adapters=tuple((str(a.resolved_path), a.scale) for a in intel.adapters),
         )
         return _openai_style(
-            spec, base_url=server.base_url, api_key=server.api_key, model=path.stem,
-            llama_extras=True,
+            spec, provider="openai_compatible", base_url=server.base_url,
+            api_key=server.api_key, model=path.stem, llama_extras=True,
         )
     if backend == "openai_compatible":
-        key = _api_key(spec, "", required=False) or "not-needed"
         return _openai_style(
-            spec, base_url=spec.engine.base_url, api_key=key, model=intel.model,
-            llama_extras=True, lora_field=True,
+            spec, provider="openai_compatible", base_url=spec.engine.base_url,
+            api_key_env=key_env or None, model=intel.model, llama_extras=True,
+            lora_field=True,
         )
     if backend == "openai":
-        key = _api_key(spec, "OPENAI_API_KEY", required=True)
         return _openai_style(
-            spec, base_url=spec.engine.base_url or None, api_key=key, model=intel.model,
-            llama_extras=False,
+            spec, provider="openai", base_url=spec.engine.base_url or None,
+            api_key_env=key_env or "OPENAI_API_KEY", model=intel.model, llama_extras=False,
         )
     if backend == "ollama":
-        try:
-            from langchain_ollama import ChatOllama
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise EngineConfigError(
-                "engine.backend = 'ollama' needs the ollama extra: pip install 'homespun[ollama]'"
-            ) from exc
-        return ChatOllama(
-            model=intel.model,
-            base_url=spec.engine.base_url or None,
-            temperature=intel.temperature,
-            top_p=intel.top_p,
-            top_k=intel.top_k,
-            num_predict=intel.max_tokens,
-            repeat_penalty=intel.repeat_penalty,
-            seed=_seed(spec),
-            num_ctx=spec.engine.context_length,
-            num_thread=spec.engine.threads or None,
-            client_kwargs={"timeout": spec.engine.timeout_s},
+        return _provider_model(
+            spec, "ollama", intel.model, base_url=spec.engine.base_url or None,
+            generation={
+                "temperature": intel.temperature,
+                "top_p": intel.top_p,
+                "top_k": intel.top_k,
+                "repeat_penalty": intel.repeat_penalty,
+                "seed": _seed(spec),
+                "num_ctx": spec.engine.context_length,
+                "num_thread": spec.engine.threads or None,
+            },
         )
     if backend == "anthropic":
-        try:
-            from langchain_anthropic import ChatAnthropic
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise EngineConfigError(
-                "engine.backend = 'anthropic' needs the anthropic extra: "
-                "pip install 'homespun[anthropic]'"
-            ) from exc
-        key = _api_key(spec, "ANTHROPIC_API_KEY", required=True)
-        kwargs: dict[str, Any] = {}
-        if spec.engine.base_url:
-            kwargs["base_url"] = spec.engine.base_url
-        return ChatAnthropic(
-            model=intel.model,
-            api_key=key,
-            temperature=intel.temperature,
-            top_p=intel.top_p,
-            top_k=intel.top_k,
-            max_tokens=intel.max_tokens,
-            timeout=spec.engine.timeout_s,
-            max_retries=0,
-            **kwargs,
+        return _provider_model(
+            spec, "anthropic", intel.model, base_url=spec.engine.base_url or None,
+            api_key_env=key_env or "ANTHROPIC_API_KEY",
+            generation={"temperature": intel.temperature, "top_p": intel.top_p,
+                        "top_k": intel.top_k},
         )
     raise EngineConfigError(f"engine.backend {backend!r} is not known")  # pragma: no cover
 

@@ -1,8 +1,10 @@
-"""Building the teacher's chat model from `learning.teacher` ('provider:model[@url]')."""
+"""Chat clients per provider, for the student (engines.factory) and the teacher
+(`learning.teacher` = 'provider:model[@url]') alike."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -19,6 +21,71 @@ _ACCEPTED_FORMS = (
 
 class TeacherConfigError(ValueError):
     """learning.teacher names a teacher that cannot be built here (key, extra, form)."""
+
+
+def build_provider_model(
+    provider: str, model: str, *, who: str, error: type[ValueError],
+    base_url: str | None = None, api_key: str | None = None, api_key_env: str | None = None,
+    key_hint: str = "", max_tokens: int | None = None, timeout_s: float | None = None,
+    max_retries: int = 0, generation: Mapping[str, Any] | None = None,
+    extra_body: Mapping[str, Any] | None = None,
+) -> BaseChatModel:
+    """The LangChain client of `provider` ('anthropic', 'openai', 'openai_compatible',
+    'ollama').
+
+    `api_key` wins over `api_key_env`; an openai_compatible server gets "not-needed" when
+    neither gives one. `generation` goes to the client under the client's own parameter
+    names; `extra_body` (OpenAI-style only) goes in every request body. `who` names the
+    setting that asked for the model and `error` is raised, for a missing key or extra.
+    """
+    generation = dict(generation or {})
+    if api_key is None and api_key_env:
+        api_key = os.environ.get(api_key_env) or None
+    if provider in ("openai", "openai_compatible"):
+        from langchain_openai import ChatOpenAI
+
+        if provider == "openai":
+            api_key = _require_key(api_key, api_key_env, who, key_hint, error)
+        return ChatOpenAI(
+            model=model, base_url=base_url, api_key=api_key or "not-needed",
+            max_tokens=max_tokens, timeout=timeout_s, max_retries=max_retries,
+            stream_usage=True, extra_body=dict(extra_body) if extra_body else None,
+            **generation,
+        )
+    if provider == "anthropic":
+        try:
+            from langchain_anthropic import ChatAnthropic
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise error(_missing_extra(who, "anthropic")) from exc
+        api_key = _require_key(api_key, api_key_env, who, key_hint, error)
+        if base_url:
+            generation["base_url"] = base_url
+        return ChatAnthropic(
+            model=model, api_key=api_key, max_tokens=max_tokens, timeout=timeout_s,
+            max_retries=max_retries, **generation,
+        )
+    if provider == "ollama":
+        try:
+            from langchain_ollama import ChatOllama
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise error(_missing_extra(who, "ollama")) from exc
+        # The Ollama client has no retry setting of its own: nothing to turn off.
+        return ChatOllama(
+            model=model, base_url=base_url or None, num_predict=max_tokens,
+            client_kwargs={"timeout": timeout_s}, **generation,
+        )
+    raise error(f"{who}: provider {provider!r} is not known")  # pragma: no cover
+
+
+def _require_key(key: str | None, env: str | None, who: str, hint: str,
+                 error: type[ValueError]) -> str:
+    if not key:
+        raise error(f"{who} needs an API key: set the environment variable {env}{hint}")
+    return key
+
+
+def _missing_extra(who: str, extra: str) -> str:
+    return f"{who} needs the {extra} extra: pip install 'homespun[{extra}]'"
 
 
 def parse_teacher(name: str) -> tuple[str, str]:
@@ -58,15 +125,9 @@ def _split_endpoint(model: str) -> tuple[str, str | None]:
     return bare, url
 
 
-def _key(env: str, name: str) -> str:
-    key = os.environ.get(env)
-    if not key:
-        raise TeacherConfigError(
-            f"learning.teacher = {name!r} needs an API key: set the environment variable {env} "
-            f"(or set learning.teacher = '' to use the rule-based diagnoser and the random "
-            f"proposer)"
-        )
-    return key
+# Shown with a teacher's missing key: the way to go on without one.
+_NO_TEACHER_HINT = (" (or set learning.teacher = '' to use the rule-based diagnoser and the "
+                    "random proposer)")
 
 
 def build_teacher(name: str, *, max_tokens: int = 4096, base_url: str | None = None,
@@ -78,43 +139,13 @@ def build_teacher(name: str, *, max_tokens: int = 4096, base_url: str | None = N
     loopback stub in tests); ANTHROPIC_BASE_URL / OPENAI_BASE_URL are honoured as usual.
     """
     provider, model = parse_teacher(name)
-    if provider == "anthropic":
-        try:
-            from langchain_anthropic import ChatAnthropic
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise TeacherConfigError(
-                f"learning.teacher = {name!r} needs the anthropic extra: "
-                "pip install 'homespun[anthropic]'"
-            ) from exc
-        kwargs: dict[str, Any] = {"base_url": base_url} if base_url else {}
-        return ChatAnthropic(
-            model=model, api_key=_key("ANTHROPIC_API_KEY", name), max_tokens=max_tokens,
-            timeout=timeout_s, max_retries=0, **kwargs,
-        )
-    if provider in ("openai", "openai_compatible"):
-        from langchain_openai import ChatOpenAI
-
-        if provider == "openai":
-            key, url = _key("OPENAI_API_KEY", name), base_url
-        else:
-            model, url = _split_endpoint(model)
-            url = base_url or url
-            key = os.environ.get("OPENAI_API_KEY") or "not-needed"
-        return ChatOpenAI(
-            model=model, api_key=key, base_url=url, max_tokens=max_tokens, timeout=timeout_s,
-            max_retries=0, stream_usage=True,
-        )
-    if provider == "ollama":
-        try:
-            from langchain_ollama import ChatOllama
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise TeacherConfigError(
-                f"learning.teacher = {name!r} needs the ollama extra: "
-                "pip install 'homespun[ollama]'"
-            ) from exc
-        model, url = _split_endpoint(model) if "@" in model else (model, None)
-        return ChatOllama(
-            model=model, base_url=base_url or url, num_predict=max_tokens,
-            client_kwargs={"timeout": timeout_s},
-        )
-    raise AssertionError(provider)  # pragma: no cover - parse_teacher admits only PROVIDERS
+    url = base_url
+    if provider in ("openai_compatible", "ollama") and "@" in model:
+        model, written = _split_endpoint(model)
+        url = base_url or written
+    key_env = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
+    return build_provider_model(
+        provider, model, who=f"learning.teacher = {name!r}", error=TeacherConfigError,
+        base_url=url, api_key_env=None if provider == "ollama" else key_env,
+        key_hint=_NO_TEACHER_HINT, max_tokens=max_tokens, timeout_s=timeout_s, max_retries=0,
+    )

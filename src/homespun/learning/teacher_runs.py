@@ -1,8 +1,8 @@
 """The teacher as the agent: re-running failing tasks to measure the teacher success rate.
 
-`MeteredChatModel` puts every model call of such a run through the session's CostMeter:
-`check()` before (a spent budget stops the run, which then counts as failed) and
-`record()` after, so the teacher's own task runs are never counted as free.
+`MeteredChatModel` puts every model call of such a run through `engines.cost.metered_call`
+on the session's CostMeter: a spent budget stops the run (which then counts as failed), and
+the teacher's own task runs are never counted as free.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field
 
+from homespun.engines.cost import metered_call, metered_call_sync
 from homespun.learning.evaluation import evaluate
 from homespun.learning.tasks import Benchmark, Task
 from homespun.spec import Settings, Spec
@@ -25,6 +27,8 @@ class MeteredChatModel(BaseChatModel):
     inner: Any  # a chat model, or one with tools bound (a Runnable)
     meter: Any
     max_output_tokens: int = 1024
+    # What bind_tools bound, for the estimate: the schemas go with every request.
+    bound_tools: list[dict] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
@@ -32,23 +36,19 @@ class MeteredChatModel(BaseChatModel):
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> MeteredChatModel:
         return MeteredChatModel(inner=self.inner.bind_tools(tools, **kwargs), meter=self.meter,
-                                max_output_tokens=self.max_output_tokens)
-
-    def _estimate(self, messages: list[BaseMessage]) -> int:
-        return sum(len(str(m.content)) for m in messages) // 4 + 200
+                                max_output_tokens=self.max_output_tokens,
+                                bound_tools=[convert_to_openai_tool(t) for t in tools])
 
     def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
-        self.meter.check(self._estimate(messages), self.max_output_tokens)
-        reply = self.inner.invoke(messages, **kwargs)
-        self.meter.record(reply)
+        reply = metered_call_sync(self.meter, self.inner, messages, tools=self.bound_tools,
+                                  max_output_tokens=self.max_output_tokens, **kwargs)
         return ChatResult(generations=[ChatGeneration(message=_ai(reply))])
 
     async def _agenerate(self, messages: list[BaseMessage], stop: Any = None,
                          run_manager: Any = None, **kwargs: Any) -> ChatResult:
-        self.meter.check(self._estimate(messages), self.max_output_tokens)
-        reply = await self.inner.ainvoke(messages, **kwargs)
-        self.meter.record(reply)
+        reply = await metered_call(self.meter, self.inner, messages, tools=self.bound_tools,
+                                   max_output_tokens=self.max_output_tokens, **kwargs)
         return ChatResult(generations=[ChatGeneration(message=_ai(reply))])
 
 

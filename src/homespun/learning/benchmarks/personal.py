@@ -41,14 +41,13 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.tools import StructuredTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, ValidationError
 
+from homespun.engines.cost import max_output_tokens, metered_call
 from homespun.learning.privacy import eligible_traces, scrub_text
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
-from homespun.engines.cost import max_output_tokens
-from homespun.stores.traces import Trace, TraceStore
 from homespun.spec import Settings, Spec
+from homespun.stores.traces import Trace, TraceStore
 
 __all__ = [
     "BATCH_SIZE",
@@ -232,12 +231,6 @@ def _batch_prompt(queries: list[str]) -> list[BaseMessage]:
             HumanMessage("Queries:\n" + "\n".join(lines))]
 
 
-def _estimate_input_tokens(messages: list[BaseMessage], tool_chars: int) -> int:
-    # About 3.5 characters a token for English and JSON; divide by 3 to err high.
-    chars = sum(len(str(m.content)) for m in messages) + tool_chars
-    return chars // 3 + 16 * len(messages) + 64
-
-
 def _category(label: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", label.strip().lower()).strip("_")[:40].strip("_")
     return slug or "general"
@@ -302,15 +295,8 @@ async def _ask_teacher(teacher: BaseChatModel, meter: Any, queries: list[str],
                        counts: _Counts) -> dict[int, GoldAnswer]:
     tool = _submit_tool()
     bound = teacher.bind_tools([tool], tool_choice=SUBMIT_TOOL)
-    tool_chars = len(json.dumps(convert_to_openai_tool(tool)))
-    messages = _batch_prompt(queries)
-    meter.check(_estimate_input_tokens(messages, tool_chars), max_output_tokens(teacher))
-    try:
-        reply = await bound.ainvoke(messages)
-    except Exception:
-        meter.record(None)  # a failed call may still be billed: charge the estimate
-        raise
-    meter.record(reply)
+    reply = await metered_call(meter, bound, _batch_prompt(queries), tools=[tool],
+                               max_output_tokens=max_output_tokens(teacher))
     counts.teacher_calls += 1
     return _parse_reply(reply, len(queries), counts)
 

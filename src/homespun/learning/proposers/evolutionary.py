@@ -26,8 +26,8 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from homespun.learning.clusters import Cluster
 from homespun.engines.cost import BudgetExceeded
+from homespun.learning.clusters import Cluster
 from homespun.spec import Spec
 from homespun.spec.edits import PRIMITIVE_OF, EditError, Proposal, apply_proposal
 
@@ -41,7 +41,6 @@ from .base import (
 from .llm import (
     available_ops,
     call_teacher,
-    estimate_tokens,
     ops_array_schema,
     parse_ops,
     render_catalog,
@@ -328,16 +327,12 @@ class EvolutionaryProposer:
                 "rationale": {"type": "string"}, "ops": ops_array_schema(allowed)},
                 "required": ["rationale", "ops"], "additionalProperties": False}}}
         messages = self._mutation_messages(ctx, population[0], parent, cluster, group, allowed)
-        if ctx.meter is not None:
-            try:
-                ctx.meter.check(estimated_input_tokens=estimate_tokens(messages, [tool]),
-                                max_output_tokens=self.max_output_tokens)
-            except BudgetExceeded as exc:  # the meter says no: templates from now on
-                report.notes.append(f"teacher stopped ({exc}); mutating with templates")
-                return [], False
         try:
-            reply = await call_teacher(ctx, messages, tool, report, check=False,
+            reply = await call_teacher(ctx, messages, tool, report,
                                        max_output_tokens=self.max_output_tokens)
+        except BudgetExceeded as exc:  # the meter says no: templates from now on
+            report.notes.append(f"teacher stopped ({exc}); mutating with templates")
+            return [], False
         except Exception as exc:  # noqa: BLE001 - a failed call: templates from now on
             report.notes.append(f"teacher call failed ({type(exc).__name__}: {exc}); "
                                 "mutating with templates")

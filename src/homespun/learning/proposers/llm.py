@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.utils.json_schema import dereference_refs
 from pydantic import TypeAdapter, ValidationError
 
+from homespun.engines.cost import metered_call
 from homespun.learning.clusters import Cluster, Diagnosis
 from homespun.spec import Spec
 from homespun.spec.edits import (
@@ -236,27 +237,16 @@ def build_messages(ctx: ProposerContext, op_names: Sequence[str],
 # --------------------------------------------------------------------------- teacher call
 
 
-def estimate_tokens(messages: Sequence[BaseMessage], tools: Sequence[dict]) -> int:
-    """A rough upper estimate (4 characters a token) for the meter's pre-call check."""
-    chars = sum(len(str(m.content)) for m in messages) + len(json.dumps(list(tools)))
-    return chars // 4 + 1
-
-
 async def call_teacher(ctx: ProposerContext, messages: list[BaseMessage], tool: dict,
-                       report: ProposerReport, *, max_output_tokens: int,
-                       check: bool = True) -> AIMessage:
-    """One teacher call forced to `tool`: meter checked before (its exception propagates and
-    no call is made; `check=False` when the caller just checked), charged after."""
+                       report: ProposerReport, *, max_output_tokens: int) -> AIMessage:
+    """One teacher call forced to `tool`, through `metered_call` on `ctx.meter`
+    (BudgetExceeded from its check propagates and no call is made)."""
     assert ctx.teacher is not None
     name = tool["function"]["name"]
-    if ctx.meter is not None and check:
-        ctx.meter.check(estimated_input_tokens=estimate_tokens(messages, [tool]),
-                        max_output_tokens=max_output_tokens)
     model = ctx.teacher.bind_tools([tool], tool_choice=name)
-    reply = await model.ainvoke(messages)
+    reply = await metered_call(ctx.meter, model, messages, tools=[tool],
+                               max_output_tokens=max_output_tokens)
     report.teacher_calls += 1
-    if ctx.meter is not None:
-        ctx.meter.record(reply)
     return reply
 
 
