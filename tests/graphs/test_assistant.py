@@ -1,16 +1,20 @@
-"""The three loops, driven by a scripted chat model: what the user sees in the trace."""
+"""The three loops, driven by a scripted chat model: what the user sees in the trace, and
+why each run stopped (one test per StopReason)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.tools import tool
 
 from homespun.engines.testing import ScriptedChatModel, tool_call
+from homespun.graphs import runner as runner_mod
 from homespun.graphs.assistant import parse_plan
 from homespun.graphs.runner import run_assistant
-from homespun.stores.traces import TraceStore
 from homespun.spec import FewShotExample, Spec, VerifierSpec
+from homespun.stores.traces import StopReason, Trace, TraceStore
 
 
 @tool
@@ -50,8 +54,10 @@ async def test_react_loop_calls_tool_then_answers(settings):
     # the second call saw the tool's result
     assert "1517" in str(model.calls[1]["messages"][-1].content)
     assert t.model_calls == 2 and t.prompt_tokens == 20 and t.completion_tokens == 10
+    assert t.stop_reason is StopReason.ANSWERED
     # and the trace is on disk, not only in memory
-    assert TraceStore(settings.traces_db).get(t.id).tool_calls[0].result == "1517"
+    stored = TraceStore(settings.traces_db).get(t.id)
+    assert stored.tool_calls[0].result == "1517" and stored.stop_reason is StopReason.ANSWERED
 
 
 async def test_react_loop_stops_at_max_turns_and_records_an_error(settings):
@@ -59,8 +65,19 @@ async def test_react_loop_stops_at_max_turns_and_records_an_error(settings):
     res = await run_assistant(spec_with("react", max_turns=3), settings, "loop forever",
                               model=model, tools=[calculator])
     assert res.trace.status == "error"
-    assert "turn limit" in res.trace.error
+    assert res.trace.error == "turn limit: 3 model calls used without a final answer"
+    assert res.trace.stop_reason is StopReason.TURN_LIMIT
+    assert TraceStore(settings.traces_db).get(res.trace.id).stop_reason is StopReason.TURN_LIMIT
     assert len(model.calls) == 3
+
+
+async def test_plan_execute_stops_at_max_turns_with_the_turn_limit_reason(settings):
+    model = ScriptedChatModel(script=["1. Multiply\n2. Multiply again",
+                                      tool_call("calculator", {"expression": "2 * 2"}),
+                                      tool_call("calculator", {"expression": "3 * 3"})])
+    res = await run_assistant(spec_with("plan_execute", max_turns=3), settings, "q",
+                              model=model, tools=[calculator])
+    assert res.trace.status == "error" and res.trace.stop_reason is StopReason.TURN_LIMIT
 
 
 async def test_unknown_tool_and_bad_arguments_reach_the_model_as_errors(settings):
@@ -131,11 +148,25 @@ async def test_verifier_sends_the_agent_back_once(settings):
     assert res.answer == "42"
     retry = model.calls[1]["messages"][-1]
     assert isinstance(retry, HumanMessage) and retry.content == "Answer with a number."
+    assert res.trace.stop_reason is StopReason.ANSWERED  # the retry passed
+
+
+async def test_an_answer_that_still_fails_the_verifier_stops_as_verifier_failed(settings):
+    spec = spec_with("react", verifiers=[VerifierSpec(kind="regex", pattern=r"\d+", retries=1,
+                                                      feedback="Answer with a number.")])
+    model = ScriptedChatModel(script=["about forty", "roughly forty"])
+    res = await run_assistant(spec, settings, "6*7?", model=model, tools=[calculator])
+    # The answer stands (status ok), but the trace says the verifier rejected it.
+    assert res.trace.status == "ok" and res.answer == "roughly forty"
+    assert res.trace.stop_reason is StopReason.VERIFIER_FAILED
+    assert len(model.calls) == 2
 
 
 async def test_conversation_persists_on_a_thread(settings):
-    model = ScriptedChatModel(script=["Nice to meet you, Ada.",
-                                      lambda msgs: f"seen {sum(isinstance(m, HumanMessage) for m in msgs)}"])
+    def count_questions(msgs):
+        return f"seen {sum(isinstance(m, HumanMessage) for m in msgs)}"
+
+    model = ScriptedChatModel(script=["Nice to meet you, Ada.", count_questions])
     spec = spec_with("simple", few_shot=[])
     await run_assistant(spec, settings, "I am Ada", model=model, tools=[], thread_id="t1")
     res = await run_assistant(spec, settings, "Who am I?", model=model, tools=[],
@@ -147,9 +178,88 @@ async def test_conversation_persists_on_a_thread(settings):
 async def test_a_model_that_raises_leaves_an_error_trace(settings):
     model = ScriptedChatModel(script=[])  # raises on the first call
     res = await run_assistant(spec_with("react"), settings, "q", model=model, tools=[])
-    assert res.trace.status == "error" and "ran out of replies" in res.trace.error
+    assert res.trace.status == "error"
+    # the engine's own exception, named as before
+    assert res.trace.error == "RuntimeError: scripted model ran out of replies after 0 calls"
+    assert res.trace.stop_reason is StopReason.ENGINE_ERROR
     stored = TraceStore(settings.traces_db).get(res.trace.id)
     assert stored.status == "error" and stored.latency_s is not None
+    assert stored.stop_reason is StopReason.ENGINE_ERROR
+
+
+class _NoToolsModel(ScriptedChatModel):
+    def bind_tools(self, tools, **kwargs):
+        raise NotImplementedError("this engine cannot call tools")
+
+
+async def test_a_model_that_cannot_take_tools_is_an_engine_error(settings):
+    res = await run_assistant(spec_with("react"), settings, "q",
+                              model=_NoToolsModel(script=["a"]), tools=[calculator])
+    assert res.trace.stop_reason is StopReason.ENGINE_ERROR
+    assert res.trace.error == "NotImplementedError: this engine cannot call tools"
+
+
+async def test_tools_that_cannot_be_loaded_stop_as_a_tool_error(settings):
+    spec = spec_with("react")
+    spec.tools.servers[0].enabled = ["calculator", "teleport"]
+    res = await run_assistant(spec, settings, "q", model=ScriptedChatModel(script=["x"]))
+    assert res.trace.status == "error" and res.trace.stop_reason is StopReason.TOOL_ERROR
+    assert "ToolLoadError" in res.trace.error and "'teleport'" in res.trace.error
+
+
+async def test_a_failing_tool_call_does_not_stop_the_run(settings):
+    @tool
+    async def broken(x: str) -> str:
+        """Always fails."""
+        raise OSError("disk on fire")
+
+    model = ScriptedChatModel(script=[tool_call("broken", {"x": "1"}), "it failed"])
+    res = await run_assistant(spec_with("react"), settings, "q", model=model, tools=[broken])
+    assert "OSError: disk on fire" in res.trace.tool_calls[0].error  # the model saw it
+    assert res.trace.status == "ok" and res.trace.stop_reason is StopReason.ANSWERED
+
+
+async def test_any_other_failure_is_an_internal_error(settings, monkeypatch):
+    # Too few graph steps for one tool round trip: LangGraph's recursion limit stops the run.
+    monkeypatch.setattr(runner_mod, "recursion_limit", lambda spec: 2)
+    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "1 * 1"}), "1"])
+    res = await run_assistant(spec_with("react"), settings, "q", model=model,
+                              tools=[calculator])
+    assert res.trace.status == "error" and res.trace.stop_reason is StopReason.INTERNAL_ERROR
+    assert res.trace.error.startswith("GraphRecursionError")
+
+
+def test_a_graph_that_ends_without_an_answer_stops_as_no_answer():
+    # No loop ends this way today (a tool call left hanging always goes to turn_limit);
+    # the runner still names it if one ever does.
+    t = Trace(id="x", created_at=0.0, query="q", spec_hash="h", thread_id="t", loop="react",
+              model="m", backend="b")
+    runner_mod._fill_trace(t, [tool_call("calculator", {"expression": "1 * 1"})], {}, 3)
+    assert t.status == "error" and t.stop_reason is StopReason.NO_ANSWER
+    assert t.error == "the run ended without a final answer"
+
+
+async def test_a_cancelled_run_says_so_in_its_trace(settings):
+    started = asyncio.Event()
+
+    @tool
+    async def slow(x: str) -> str:
+        """Takes a long time."""
+        started.set()
+        await asyncio.sleep(60)
+        return "late"
+
+    model = ScriptedChatModel(script=[tool_call("slow", {"x": "1"}), "never"])
+    store = TraceStore(settings.traces_db)
+    task = asyncio.create_task(run_assistant(spec_with("react"), settings, "q", model=model,
+                                             tools=[slow], store=store))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (row,) = store.list()
+    assert row.stop_reason is StopReason.CANCELLED
+    assert row.status == "running" and row.latency_s is not None  # finished, not answered
 
 
 async def test_streaming_delivers_answer_tokens_only(settings):
@@ -182,8 +292,10 @@ async def test_repeat_guard_asks_for_the_answer_instead_of_rerunning_a_tool(sett
     last = model.calls[2]
     assert last["tools"] == [] and "Do not call it again" in last["messages"][-1].content
     assert res.trace.completion_tokens == 15  # the discarded repeat's tokens still count
+    assert res.trace.stop_reason is StopReason.REPEAT_GUARD
 
     model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"})] * 3)
     res = await run_assistant(spec_with("react", repeat_guard=False, max_turns=3), settings,
                               "37*41?", model=model, tools=[calculator])
     assert res.trace.status == "error" and len(res.trace.tool_calls) == 3
+    assert res.trace.stop_reason is StopReason.TURN_LIMIT

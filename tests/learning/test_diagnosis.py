@@ -19,7 +19,7 @@ from homespun.learning.diagnosis import (
 )
 from homespun.learning.tasks import Grade, Task
 from homespun.engines.cost import BudgetExceeded, CostMeter, Usage
-from homespun.stores.traces import ToolCallRecord, Trace
+from homespun.stores.traces import StopReason, ToolCallRecord, Trace
 
 FAIL = Grade(success=False, score=0.0, reason="grader says no")
 
@@ -78,6 +78,41 @@ def test_failure_signature(run: FailedRun, expected: str):
 def test_no_tool_call_needs_the_task_to_say_it_needs_a_tool():
     run = _run("a", "x", needs_tool=True)
     assert failure_signature(run.trace, run.grade) == "wrong_answer"  # no task: no claim
+
+
+@pytest.mark.parametrize(
+    ("reason", "status", "error", "expected"),
+    [
+        # The typed reason decides, whatever the error text says (or does not say).
+        (StopReason.TURN_LIMIT, "error", "8 model calls used", "turn_limit"),
+        (StopReason.TURN_LIMIT, "error", None, "turn_limit"),
+        (StopReason.ENGINE_ERROR, "error", "turn limit is not what happened", "engine_error"),
+        (StopReason.TOOL_ERROR, "error", "tools.servers[1] could not be started",
+         "engine_error"),
+        (StopReason.NO_ANSWER, "error", None, "engine_error"),
+        (StopReason.INTERNAL_ERROR, "error", "GraphRecursionError: ...", "engine_error"),
+        (StopReason.CANCELLED, "running", None, "engine_error"),  # never finished
+        # Runs that ended with an answer are judged by their tool calls and the grader.
+        (StopReason.ANSWERED, "ok", None, "wrong_answer"),
+        (StopReason.REPEAT_GUARD, "ok", None, "wrong_answer"),
+        (StopReason.VERIFIER_FAILED, "ok", None, "wrong_answer"),
+    ],
+)
+def test_failure_signature_reads_the_typed_stop_reason(reason, status, error, expected):
+    run = _run("a", "x", status=status, error=error,
+               calls=[ToolCallRecord("add", {}, error="not executed (turn limit)")]
+               if reason is StopReason.TURN_LIMIT else None)
+    run.trace.stop_reason = reason
+    assert failure_signature(run.trace, run.grade, run.task) == expected
+
+
+def test_traces_without_a_stop_reason_fall_back_to_status_and_error_text():
+    old = _run("a", "x", status="error", error="turn limit: 8 model calls used without a "
+                                               "final answer").trace
+    assert old.stop_reason is None
+    assert failure_signature(old, FAIL) == "turn_limit"
+    old.error = "Connection refused"
+    assert failure_signature(old, FAIL) == "engine_error"
 
 
 # --------------------------------------------------------------------------- rules

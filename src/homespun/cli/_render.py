@@ -81,6 +81,7 @@ def trace_view(t: Trace) -> list:
         ("trace", t.id),
         ("when", _when(t.created_at)),
         ("status", status),
+        ("stop", str(t.stop_reason) if t.stop_reason else "—"),
         ("query", t.query),
         ("spec", f"{t.spec_hash}  ({t.loop} loop, {t.backend}: {t.model})"),
         ("thread", t.thread_id),

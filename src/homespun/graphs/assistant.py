@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
@@ -32,12 +32,28 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
 from homespun.spec import AgentSpec, Spec, VerifierSpec
+from homespun.stores.traces import StopReason
 
 # A tool result longer than this is cut: tool outputs are untrusted and must not be able
 # to flood the context of a small model.
 MAX_TOOL_RESULT_CHARS = 6000
 
 TURN_LIMIT_PREFIX = "turn limit"
+
+
+def turn_limit_message(max_turns: int) -> str:
+    """The error text of a run that hit agent.max_turns (its stop reason is turn_limit)."""
+    return f"{TURN_LIMIT_PREFIX}: {max_turns} model calls used without a final answer"
+
+
+class EngineError(RuntimeError):
+    """The engine failed: a model call raised (or the model could not be built). The message
+    is the original exception's 'Type: message'; the original is its __cause__."""
+
+    @classmethod
+    def wrapping(cls, exc: Exception) -> EngineError:
+        return cls(f"{type(exc).__name__}: {exc}")
+
 
 PLAN_INSTRUCTION = (
     "Before answering, write a short numbered plan (at most {n} steps) for how to answer the "
@@ -64,6 +80,8 @@ class AssistantState(TypedDict, total=False):
     step: int
     verifier_retries: int
     stop_reason: str
+    """'' while the run goes on; else a StopReason value the graph decided: turn_limit, or
+    repeat_guard / verifier_failed on the answer it ends with (reset by each model call)."""
 
 
 def new_question_state(question: HumanMessage) -> dict[str, Any]:
@@ -159,7 +177,8 @@ class _ToolRunner:
         server = (tool.metadata or {}).get("mcp_server") if tool else None
         if tool is None:
             available = ", ".join(sorted(self.tools)) or "none"
-            content, status = f"Error: unknown tool {name!r}. Available tools: {available}.", "error"
+            content = f"Error: unknown tool {name!r}. Available tools: {available}."
+            status = "error"
         else:
             try:
                 out = await tool.ainvoke(
@@ -198,8 +217,11 @@ def build_assistant_graph(
     agent = spec.agent
     tools = list(tools) if agent.tool_policy != "none" else []
     plain = model  # no tools bound: planning, final answers, the simple loop
-    auto = model.bind_tools(tools) if tools else model
-    required = model.bind_tools(tools, tool_choice="required") if tools else model
+    try:  # a model that cannot take tools fails here: the engine's failure
+        auto = model.bind_tools(tools) if tools else model
+        required = model.bind_tools(tools, tool_choice="required") if tools else model
+    except Exception as exc:
+        raise EngineError.wrapping(exc) from exc
 
     def tool_model(state: AssistantState) -> Any:
         first_call = not any(isinstance(m, ToolMessage) for m in _this_question(state))
@@ -207,18 +229,25 @@ def build_assistant_graph(
             return required
         return auto
 
+    async def ask(runnable: Any, messages: list[BaseMessage]) -> Any:
+        try:
+            return await runnable.ainvoke(messages)
+        except Exception as exc:  # the engine's failure, told apart from a tool's
+            raise EngineError.wrapping(exc) from exc
+
     async def call(runnable: Any, state: AssistantState, extra: str | None = None) -> dict:
-        reply = await runnable.ainvoke(prompt_messages(agent, state["messages"], extra))
+        reply = await ask(runnable, prompt_messages(agent, state["messages"], extra))
         turns = state.get("turns", 0) + 1
         repeated = _repeated_calls(state, reply) if agent.repeat_guard else []
         if repeated and turns < agent.max_turns:
             # The result is already in the conversation: re-running the tool would only
             # loop. Ask once more, without tools, for the answer.
             instruction = REPEAT_INSTRUCTION.format(calls=", ".join(repeated))
-            answer_reply = await plain.ainvoke(prompt_messages(agent, state["messages"], instruction))
+            answer_reply = await ask(plain, prompt_messages(agent, state["messages"], instruction))
             answer_reply.usage_metadata = _add_usage(reply, answer_reply)
-            return {"messages": [answer_reply], "turns": turns + 1}
-        return {"messages": [reply], "turns": turns}
+            return {"messages": [answer_reply], "turns": turns + 1,
+                    "stop_reason": StopReason.REPEAT_GUARD.value}
+        return {"messages": [reply], "turns": turns, "stop_reason": ""}
 
     # ----- nodes
 
@@ -246,13 +275,11 @@ def build_assistant_graph(
         return await call(plain, state, ANSWER_INSTRUCTION)
 
     def turn_limit(state: AssistantState) -> dict:
-        return {
-            "stop_reason": f"{TURN_LIMIT_PREFIX}: {agent.max_turns} model calls used "
-            "without a final answer",
-        }
+        return {"stop_reason": StopReason.TURN_LIMIT.value}
 
     def verify(state: AssistantState) -> dict:
         answer_text = _text(state["messages"][-1].content)
+        failed = False
         for verifier in agent.verifiers:
             feedback = check_verifier(verifier, answer_text)
             if feedback is not None and state.get("verifier_retries", 0) < verifier.retries:
@@ -260,7 +287,9 @@ def build_assistant_graph(
                     "messages": [HumanMessage(feedback, name="verifier")],
                     "verifier_retries": state.get("verifier_retries", 0) + 1,
                 }
-        return {}
+            failed = failed or feedback is not None
+        # Retries spent: the answer stands (as before), but the trace says it failed.
+        return {"stop_reason": StopReason.VERIFIER_FAILED.value} if failed else {}
 
     tool_runner = _ToolRunner(tools)
 
@@ -390,6 +419,3 @@ def recursion_limit(spec: Spec) -> int:
     per_turn = 4 if spec.agent.loop == "plan_execute" else 3
     verifier_rounds = sum(v.retries for v in spec.agent.verifiers)
     return (spec.agent.max_turns + verifier_rounds) * per_turn + 10
-
-
-StopReason = Literal["answer", "turn_limit"]

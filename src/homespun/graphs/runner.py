@@ -4,10 +4,12 @@ This is the one path every surface uses (CLI ask/chat, quickstart, evaluation, c
 build the model from the spec, open the MCP servers (one session each for the run), build
 the graph, run it on a persisted thread, and record the trace. A failure at any stage,
 including an engine that is down, ends as a trace with status 'error', never a missing row.
+Every finished trace says why the run ended (`Trace.stop_reason`, a `StopReason`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -16,9 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
 from langchain_core.tools import BaseTool
 
+from homespun.engines.cost import price_for
 from homespun.engines.telemetry import (
     CLOUD_BACKENDS,
     EnergyMeter,
@@ -27,12 +36,19 @@ from homespun.engines.telemetry import (
     electricity_usd_per_kwh,
     run_cost_usd,
 )
-from homespun.engines.cost import price_for
-from homespun.stores.sqlite import ensure_private_file
-from homespun.stores.traces import ToolCallRecord, Trace, TraceStore
+from homespun.mcp_servers.loader import ToolLoadError
 from homespun.spec import Settings, Spec
+from homespun.stores.sqlite import ensure_private_file
+from homespun.stores.traces import StopReason, ToolCallRecord, Trace, TraceStore
 
-from .assistant import AssistantState, build_assistant_graph, new_question_state, recursion_limit
+from .assistant import (
+    AssistantState,
+    EngineError,
+    build_assistant_graph,
+    new_question_state,
+    recursion_limit,
+    turn_limit_message,
+)
 
 TokenCallback = Callable[[str], None]
 
@@ -66,7 +82,8 @@ def message_to_dict(m: BaseMessage) -> dict[str, Any]:
     return d
 
 
-def _fill_trace(trace: Trace, messages: list[BaseMessage], state: dict[str, Any]) -> None:
+def _fill_trace(trace: Trace, messages: list[BaseMessage], state: dict[str, Any],
+                max_turns: int) -> None:
     trace.messages = [message_to_dict(m) for m in messages]
     results = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
     calls: list[ToolCallRecord] = []
@@ -93,17 +110,24 @@ def _fill_trace(trace: Trace, messages: list[BaseMessage], state: dict[str, Any]
     trace.tool_calls = calls
     stop = state.get("stop_reason") or ""
     last = messages[-1] if messages else None
-    if stop:
-        trace.status, trace.error = "error", stop
+    if stop == StopReason.TURN_LIMIT:
+        trace.status, trace.error = "error", turn_limit_message(max_turns)
+        trace.stop_reason = StopReason.TURN_LIMIT
     elif isinstance(last, AIMessage) and not last.tool_calls:
         content = last.content if isinstance(last.content, str) else str(last.content)
         trace.final_answer = content
         parse_error = last.response_metadata.get("tool_call_parse_error")
         trace.status = "ok"
+        # The graph marks an answer the repeat guard asked for, or one a verifier still
+        # rejects; any other answer is a plain one.
+        trace.stop_reason = (StopReason(stop) if stop in (StopReason.REPEAT_GUARD,
+                                                          StopReason.VERIFIER_FAILED)
+                             else StopReason.ANSWERED)
         if parse_error:
             trace.error = f"model output was not valid for the tool-call format: {parse_error}"
     else:
         trace.status, trace.error = "error", "the run ended without a final answer"
+        trace.stop_reason = StopReason.NO_ANSWER
 
 
 async def run_assistant(
@@ -147,7 +171,10 @@ async def run_assistant(
             if model is None:
                 from homespun.engines.factory import build_chat_model
 
-                model = build_chat_model(spec, settings)
+                try:
+                    model = build_chat_model(spec, settings)
+                except Exception as exc:
+                    raise EngineError.wrapping(exc) from exc
             sensitive: set[str] = set()
             if tools is None:
                 from homespun.mcp_servers.loader import open_tools
@@ -173,17 +200,32 @@ async def run_assistant(
             messages = state["messages"]
             ids = [m.id for m in messages]
             new = messages[ids.index(question_msg.id) + 1 :] if question_msg.id in ids else messages
-            _fill_trace(trace, new, state)
+            _fill_trace(trace, new, state, spec.agent.max_turns)
             used_servers = {c.server for c in trace.tool_calls if c.server}
             trace.sensitive = bool(used_servers & sensitive)
     except Exception as exc:
         trace.status = "error"
-        trace.error = f"{type(exc).__name__}: {exc}"
+        trace.stop_reason = _failure_reason(exc)
+        # An EngineError's message already is the original's 'Type: message'.
+        trace.error = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Re-raised; the row keeps its status and says why it never finished.
+        trace.stop_reason = StopReason.CANCELLED
+        raise
     finally:
         trace.latency_s = round(time.perf_counter() - started, 4)
         _record_telemetry(trace, meter.stop())
         store.finish(trace)
     return RunResult(trace)
+
+
+def _failure_reason(exc: Exception) -> StopReason:
+    """The stop reason of a run that raised: whose failure it was."""
+    if isinstance(exc, EngineError):
+        return StopReason.ENGINE_ERROR
+    if isinstance(exc, ToolLoadError):
+        return StopReason.TOOL_ERROR
+    return StopReason.INTERNAL_ERROR
 
 
 def _record_telemetry(trace: Trace, measured: RunTelemetry) -> None:

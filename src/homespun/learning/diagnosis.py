@@ -43,11 +43,11 @@ from langchain_core.tools import StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from homespun.engines.cost import CostMeter, max_output_tokens, metered_call
 from homespun.learning.clusters import REST_CLUSTER_ID, Cluster, Diagnosis, FailureSignature
 from homespun.learning.privacy import eligible_traces, scrub_obj, scrub_text
 from homespun.learning.tasks import Grade, Task
-from homespun.engines.cost import CostMeter, Usage, max_output_tokens
-from homespun.stores.traces import Trace
+from homespun.stores.traces import StopReason, Trace
 
 SIGNATURES: tuple[str, ...] = get_args(FailureSignature)
 
@@ -59,7 +59,7 @@ READ_ONLY_TOOLS = ("show_trace", "list_categories", "search_traces")
 REPORT_ATTEMPTS = 2
 
 # Provider errors worth retrying: rate limits and overload. Each attempt goes through the
-# cost meter; failed attempts are counted as calls (APIs do not bill them).
+# cost meter; a failed attempt may still be billed, so it is charged at its estimate.
 RETRY_DELAYS_S: tuple[float, ...] = (2.0, 8.0)
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504, 529}
 
@@ -79,20 +79,37 @@ class FailedRun:
 
 # --------------------------------------------------------------------------- signatures
 
-_NOT_EXECUTED = "not executed"  # calls cut by the turn limit (see graphs.runner)
 _ARGUMENT_MARKERS = ("validation", "argument", "required", "input should", "missing",
                      "unexpected keyword")
+
+# Runs that ended without an answer for a reason other than the turn limit: the run itself
+# failed (engine, tools that would not load, a crash) or was cancelled.
+_RUN_FAILED = frozenset({StopReason.ENGINE_ERROR, StopReason.TOOL_ERROR, StopReason.NO_ANSWER,
+                         StopReason.INTERNAL_ERROR, StopReason.CANCELLED})
+
+
+def _stop_reason(trace: Trace) -> StopReason | None:
+    if trace.stop_reason is not None:
+        return trace.stop_reason
+    # Fallback for traces written before Trace.stop_reason existed (cached evaluation
+    # outcomes still point at them): their turn limit is known only from the error text.
+    if (trace.error or "").strip().lower().startswith("turn limit"):
+        return StopReason.TURN_LIMIT
+    return None
 
 
 def failure_signature(trace: Trace, grade: Grade, task: Task | None = None) -> str:
     """The rule-based signature of one failing run (one of FailureSignature)."""
     error = (trace.error or "").strip()
-    if error.lower().startswith("turn limit"):
+    reason = _stop_reason(trace)
+    if reason is StopReason.TURN_LIMIT:
         return "turn_limit"
-    if trace.status == "error":
+    # An old trace (no stop reason) that errored failed the same way.
+    if reason in _RUN_FAILED or (reason is None and trace.status == "error"):
         return "engine_error"
-    errors = [c.error for c in trace.tool_calls
-              if c.error and not c.error.startswith(_NOT_EXECUTED)]
+    # Calls cut by the turn limit (recorded as not executed) occur only on turn_limit runs,
+    # which returned above: every tool error here is one a tool gave.
+    errors = [c.error for c in trace.tool_calls if c.error]
     lowered = [e.lower() for e in errors]
     # A tool call the model wrote as text for a tool it does not have ends as a parse error
     # on an otherwise finished run.
@@ -403,18 +420,6 @@ _NUDGE_REPORT = "Call report_diagnosis now with your clusters; reply with that t
 # --------------------------------------------------------------------------- teacher calls
 
 
-def _content_chars(m: BaseMessage) -> int:
-    content = m.content if isinstance(m.content, str) else json.dumps(m.content, default=str)
-    calls = getattr(m, "tool_calls", None)
-    return len(content) + (len(json.dumps(calls, default=str)) if calls else 0)
-
-
-def _estimate_input_tokens(messages: list[BaseMessage], tool_chars: int) -> int:
-    # About 3.5 characters a token for English and JSON; divide by 3 to err high.
-    chars = sum(_content_chars(m) for m in messages) + tool_chars
-    return chars // 3 + 16 * len(messages) + 64
-
-
 def _status_code(exc: BaseException) -> int | None:
     for obj in (exc, getattr(exc, "response", None)):
         code = getattr(obj, "status_code", None)
@@ -423,20 +428,17 @@ def _status_code(exc: BaseException) -> int | None:
     return None
 
 
-async def _metered_call(model: Any, messages: list[BaseMessage], meter: CostMeter, *,
-                        tool_chars: int, max_out: int) -> AIMessage:
+async def _call_with_retries(model: Any, messages: list[BaseMessage], meter: CostMeter, *,
+                             tools: list[dict], max_out: int) -> AIMessage:
     for attempt in range(len(RETRY_DELAYS_S) + 1):
-        meter.check(_estimate_input_tokens(messages, tool_chars), max_out)
         try:
-            reply = await model.ainvoke(messages)
+            return await metered_call(meter, model, messages, tools=tools,
+                                      max_output_tokens=max_out)
         except Exception as exc:
             if _status_code(exc) in _TRANSIENT_STATUS and attempt < len(RETRY_DELAYS_S):
-                meter.record(Usage(0, 0))
                 await asyncio.sleep(RETRY_DELAYS_S[attempt])
                 continue
             raise
-        meter.record(reply)
-        return reply
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -522,9 +524,8 @@ async def _explore_and_report(*, evidence: _Evidence, teacher: BaseChatModel,
     read_only, report_tool = _tools(evidence)
     explore = teacher.bind_tools([*read_only, report_tool], tool_choice="any")
     final = teacher.bind_tools([report_tool], tool_choice=REPORT_TOOL)
-    explore_chars = sum(len(json.dumps(convert_to_openai_tool(t))) for t in
-                        [*read_only, report_tool])
-    final_chars = len(json.dumps(convert_to_openai_tool(report_tool)))
+    final_schemas = [convert_to_openai_tool(report_tool)]
+    explore_schemas = [*(convert_to_openai_tool(t) for t in read_only), *final_schemas]
     max_out = max_output_tokens(teacher)
     messages: list[BaseMessage] = [
         SystemMessage(_SYSTEM.format(max_tool_calls=max_tool_calls,
@@ -535,9 +536,9 @@ async def _explore_and_report(*, evidence: _Evidence, teacher: BaseChatModel,
     used = strikes = model_calls = 0
     while strikes < REPORT_ATTEMPTS or model_calls == 0:
         forced = used >= max_tool_calls or strikes > 0
-        reply = await _metered_call(final if forced else explore, messages, meter,
-                                    tool_chars=final_chars if forced else explore_chars,
-                                    max_out=max_out)
+        reply = await _call_with_retries(final if forced else explore, messages, meter,
+                                         tools=final_schemas if forced else explore_schemas,
+                                         max_out=max_out)
         model_calls += 1
         messages.append(reply)
         calls = reply.tool_calls or []

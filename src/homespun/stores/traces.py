@@ -13,12 +13,42 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from homespun.stores.sqlite import open_database
 
 TraceStatus = Literal["running", "ok", "error"]
+
+
+class StopReason(StrEnum):
+    """Why a run ended: the closed set every trace's `stop_reason` is one of.
+
+    Set by graphs.runner (and the assistant graph's nodes it reads back). The first three end
+    with an answer (status 'ok'); the rest without one (status 'error', except `cancelled`,
+    whose row keeps the status it had when the run was interrupted).
+    """
+
+    ANSWERED = "answered"
+    """The model gave a final answer."""
+    REPEAT_GUARD = "repeat_guard"
+    """The model repeated a tool call it already had the result of; the repeat guard did not
+    run it and asked, without tools, for the final answer it gave."""
+    VERIFIER_FAILED = "verifier_failed"
+    """The final answer still fails a verifier, whose retries are spent."""
+    TURN_LIMIT = "turn_limit"
+    """agent.max_turns model calls were used without a final answer."""
+    ENGINE_ERROR = "engine_error"
+    """The engine could not be built, or a model call raised (engine down, bad reply)."""
+    TOOL_ERROR = "tool_error"
+    """The MCP servers could not be started, or the spec names tools they do not offer."""
+    NO_ANSWER = "no_answer"
+    """The graph ended without an error and without a final answer."""
+    INTERNAL_ERROR = "internal_error"
+    """Anything else raised (thread store, graph recursion limit)."""
+    CANCELLED = "cancelled"
+    """The run was cancelled or interrupted (task cancelled, Ctrl-C) before it ended."""
 
 
 @dataclass
@@ -62,14 +92,18 @@ class Trace:
     not measured."""
     tokens_per_s: float | None = None
     """Completion tokens per second of model time; None when the engine reported no tokens."""
+    stop_reason: StopReason | None = None
+    """Why the run ended; None while it runs, and on traces written before this field."""
 
 
-# Added after the first release: nullable, and added to existing databases on open.
-_TELEMETRY_COLUMNS: dict[str, type] = {
+# Added after the first release (telemetry, then stop_reason): nullable, and added to
+# existing databases on open.
+_ADDED_COLUMNS: dict[str, type] = {
     "energy_j": float,
     "energy_source": str,
     "cost_usd": float,
     "tokens_per_s": float,
+    "stop_reason": str,
 }
 
 
@@ -123,7 +157,7 @@ class TraceStore:
                 foreign_keys=[("trace_id", "traces", "id")],
             )
         existing = set(self.db["traces"].columns_dict)
-        for name, col_type in _TELEMETRY_COLUMNS.items():
+        for name, col_type in _ADDED_COLUMNS.items():
             if name not in existing:
                 try:
                     self.db["traces"].add_column(name, col_type)
@@ -199,6 +233,7 @@ class TraceStore:
             "energy_source": trace.energy_source,
             "cost_usd": trace.cost_usd,
             "tokens_per_s": trace.tokens_per_s,
+            "stop_reason": None if trace.stop_reason is None else str(trace.stop_reason),
         }
 
     # ------------------------------------------------------------------ reading
@@ -271,6 +306,7 @@ class TraceStore:
             energy_source=row.get("energy_source"),
             cost_usd=row.get("cost_usd"),
             tokens_per_s=row.get("tokens_per_s"),
+            stop_reason=StopReason(row["stop_reason"]) if row.get("stop_reason") else None,
         )
 
 
