@@ -3,7 +3,9 @@
     diagnose -> plan -> execute -> gate -> record -> (execute ... ) -> finalize
 
 State holds only JSON data (ids, proposals, scores), so the SQLite checkpointer in
-HOMESPUN_HOME/learning/search.db can resume a killed session at the node it stopped in.
+HOMESPUN_HOME/learning/search.db can resume a killed session at the node it stopped in. The
+live collaborators (settings, benchmark, proposer, teacher, cost meter, student) are the run's
+LangGraph context, a `SearchContext`, passed to each run and never checkpointed.
 Everything with side effects is idempotent on resume: evaluations are cached per
 (spec hash, task, repeat), and a commit is made at most once per Edit-ID.
 Review- and manual-tier proposals pause in `execute` with `interrupt()`; approval resumes
@@ -14,18 +16,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from homespun.stores.checkpoints import CheckpointRepo
+from homespun.engines.cost import CostMeter
 from homespun.learning.clusters import Diagnosis
 from homespun.learning.evaluation import EvalResult, StudentFactory, evaluate
-from homespun.stores.eval_cache import EvalCache
 from homespun.learning.gate import (
     cluster_categories,
     cluster_scores,
@@ -33,30 +37,37 @@ from homespun.learning.gate import (
     gate_subsample,
     split_tasks,
 )
-from homespun.stores.learning import LearningStore
+from homespun.learning.proposers.base import Proposer
 from homespun.learning.tasks import Benchmark, Task
-from homespun.stores.traces import TraceStore
 from homespun.spec import Settings, Spec
 from homespun.spec.edits import EditError, Proposal, apply_proposal, describe_proposal, risk_tier
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.eval_cache import EvalCache
+from homespun.stores.learning import LearningStore
+from homespun.stores.traces import TraceStore
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
 
-@dataclass
-class SearchRuntime:
-    """The live collaborators of a session (never checkpointed)."""
+@dataclass(kw_only=True)
+class SearchContext:
+    """The live collaborators of one run of the search graph: its LangGraph run context
+    (`graph.ainvoke(..., context=SearchContext(...))`), never checkpointed. A resumed session
+    gets a fresh one from whoever resumes it."""
 
     settings: Settings
     benchmark: Benchmark
-    proposer: Any  # homespun.learning.proposers.base.Proposer
+    proposer: Proposer
     teacher: BaseChatModel | None = None
+    meter: CostMeter | None = None  # the teacher spend of this session (built by the loop)
     student: StudentFactory | None = None  # None: the spec's own engine
     concurrency: int = 1
     tasks: list[Task] | None = None  # default: the benchmark's tasks
     on_event: EventCallback | None = None
-    meter: Any = None  # CostMeter for this session (built by the loop)
-    extra: dict[str, Any] = field(default_factory=dict)
+    tool_names: dict[str, list[str]] | None = None  # default: asked of the spec's MCP servers
 
+    # The stores open a SQLite connection, which only the thread that opened it may use, and
+    # LangGraph runs the sync nodes in worker threads: so a fresh one on each access.
     @property
     def store(self) -> LearningStore:
         return LearningStore(self.settings.learning_db)
@@ -93,6 +104,15 @@ class SearchRuntime:
         return result
 
 
+@runtime_checkable
+class SearchContextSource(Protocol):
+    """A run context that stands for a SearchContext it builds: what a host that can only
+    send JSON as the context (LangGraph Studio) runs the graph with. It builds the
+    SearchContext once, so one run of the graph shares one (one cost meter, one teacher)."""
+
+    def search_context(self) -> SearchContext: ...
+
+
 class SearchState(TypedDict, total=False):
     session_id: str
     status: str  # running | paused | done | nothing_to_fix | failed
@@ -108,80 +128,57 @@ class SearchState(TypedDict, total=False):
     diagnosis_only: bool  # cold start: diagnose and stop (too few high-feedback traces)
 
 
-_DEFAULT_RUNTIMES: dict[str, SearchRuntime] = {}
+def _context(runtime: Runtime[SearchContext]) -> SearchContext:
+    ctx: object = runtime.context
+    if isinstance(ctx, SearchContext):
+        return ctx
+    if isinstance(ctx, SearchContextSource):
+        return ctx.search_context()
+    raise TypeError("the search graph runs with context=SearchContext(...) (see "
+                    f"homespun.graphs.search_loop), not {type(ctx).__name__}")
 
 
-def default_runtime(configurable: dict[str, Any]) -> SearchRuntime:
-    """A runtime from HOMESPUN_HOME and the spec, for hosts that cannot pass one (LangGraph
-    Studio): `benchmark` and `proposer` may come from the run's configurable."""
-    from homespun.learning.benchmarks.registry import get_benchmark
-    from homespun.learning.proposers import make_proposer
-    from homespun.engines.cost import CostMeter
-    from homespun.engines.providers import build_teacher
-    from homespun.spec import load_spec
-
-    key = f"{configurable.get('thread_id')}:{configurable.get('benchmark')}"
-    if key not in _DEFAULT_RUNTIMES:
-        settings = Settings()
-        spec = load_spec(settings.spec_path)
-        teacher = build_teacher(spec.learning.teacher) if spec.learning.teacher else None
-        store = LearningStore(settings.learning_db)
-        meter = CostMeter.from_spec(spec.learning, spent_before_usd=store.total_cost())
-        proposer = configurable.get("proposer") or spec.learning.proposer
-        _DEFAULT_RUNTIMES[key] = SearchRuntime(
-            settings=settings,
-            benchmark=get_benchmark(configurable.get("benchmark", "starter"), settings),
-            proposer=make_proposer(proposer), teacher=teacher, meter=meter)
-    return _DEFAULT_RUNTIMES[key]
-
-
-def _runtime(config: RunnableConfig) -> SearchRuntime:
-    configurable = config.get("configurable") or {}
-    rt = configurable.get("runtime")
-    return rt if rt is not None else default_runtime(configurable)
-
-
-def _session_dir(rt: SearchRuntime, sid: str):
-    path = rt.settings.sessions_dir / sid
+def _session_dir(ctx: SearchContext, sid: str) -> Path:
+    path = ctx.settings.sessions_dir / sid
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _meter_mark(rt: SearchRuntime) -> tuple[float, int, int]:
-    m = rt.meter
+def _meter_mark(ctx: SearchContext) -> tuple[float, int, int]:
+    m = ctx.meter
     if m is None:
         return (0.0, 0, 0)
     return (float(m.spent_usd), int(m.input_tokens), int(m.output_tokens))
 
 
-def _record_cost(rt: SearchRuntime, sid: str, kind: str, mark: tuple[float, int, int]) -> None:
+def _record_cost(ctx: SearchContext, sid: str, kind: str, mark: tuple[float, int, int]) -> None:
     """Persist what the teacher cost since `mark` (every call, fallbacks included)."""
-    if rt.meter is None:
+    if ctx.meter is None:
         return
-    now = _meter_mark(rt)
+    now = _meter_mark(ctx)
     usd, tin, tout = now[0] - mark[0], now[1] - mark[1], now[2] - mark[2]
     if usd > 0 or tin or tout:
-        rt.store.add_cost(sid, kind=kind, model=rt.meter.model, input_tokens=tin,
-                          output_tokens=tout, usd=usd)
+        ctx.store.add_cost(sid, kind=kind, model=ctx.meter.model, input_tokens=tin,
+                           output_tokens=tout, usd=usd)
 
 
 # --------------------------------------------------------------------------- nodes
 
 
-async def diagnose(state: SearchState, config: RunnableConfig) -> dict:
+async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     from homespun.learning.diagnosis import FailedRun, rule_based_diagnosis, teacher_diagnosis
 
-    rt = _runtime(config)
-    spec = rt.checkpoints.head_spec()
-    sid = state.get("session_id") or rt.store.new_session(
-        benchmark=rt.benchmark.name, proposer=getattr(rt.proposer, "name", "?"),
+    ctx = _context(runtime)
+    spec = ctx.checkpoints.head_spec()
+    sid = state.get("session_id") or ctx.store.new_session(
+        benchmark=ctx.benchmark.name, proposer=ctx.proposer.name,
         teacher=spec.learning.teacher, spec_hash=spec.content_hash())
-    search, held_out = rt.split(spec)
-    rt.emit("phase", name="diagnose", search_tasks=len(search), gate_tasks=len(held_out))
-    result = await rt.evaluate(spec, search, "diagnose: current spec on the search set")
-    gate_now = await rt.evaluate(spec, held_out, "gate: current spec on held-out tasks")
+    search, held_out = ctx.split(spec)
+    ctx.emit("phase", name="diagnose", search_tasks=len(search), gate_tasks=len(held_out))
+    result = await ctx.evaluate(spec, search, "diagnose: current spec on the search set")
+    gate_now = await ctx.evaluate(spec, held_out, "gate: current spec on held-out tasks")
     by_id = {t.id: t for t in search}
-    traces = TraceStore(rt.settings.traces_db)
+    traces = TraceStore(ctx.settings.traces_db)
     totals: dict[str, int] = {}
     failures = []
     for o in result.outcomes:
@@ -196,62 +193,64 @@ async def diagnose(state: SearchState, config: RunnableConfig) -> dict:
             if trace is not None:
                 failures.append(FailedRun(by_id[o.task_id], trace, Grade(False, o.score,
                                                                          o.reason)))
-    rt.store.update_session(sid, gate_score_before=gate_now.accuracy)
+    ctx.store.update_session(sid, gate_score_before=gate_now.accuracy)
     if not failures:
-        rt.store.update_session(sid, status="nothing_to_fix", note="every search task passed")
+        ctx.store.update_session(sid, status="nothing_to_fix", note="every search task passed")
         return {"session_id": sid, "status": "nothing_to_fix", "diagnosis": None,
                 "gate_score_before": gate_now.accuracy}
     narrative = ""
-    if rt.teacher is not None:
-        spent = _meter_mark(rt)
+    if ctx.teacher is not None:
+        spent = _meter_mark(ctx)
         try:
             from homespun.learning.teacher_runs import teacher_rerun
 
             reruns = spec.learning.teacher_reruns_per_cluster
             diagnosis, narrative = await teacher_diagnosis(
-                failures, totals, teacher=rt.teacher, meter=rt.meter,
+                failures, totals, teacher=ctx.teacher, meter=ctx.meter,
                 max_tool_calls=spec.learning.budgets.max_tool_calls_per_diagnosis,
                 scrub=spec.learning.privacy.scrub_pii,
-                rerun=teacher_rerun(teacher=rt.teacher, meter=rt.meter, spec=spec,
-                                    settings=rt.settings, benchmark=rt.benchmark)
+                rerun=teacher_rerun(teacher=ctx.teacher, meter=ctx.meter, spec=spec,
+                                    settings=ctx.settings, benchmark=ctx.benchmark)
                 if reruns else None,
                 rerun_per_cluster=reruns,
             )
         finally:
-            _record_cost(rt, sid, "diagnose", spent)
+            _record_cost(ctx, sid, "diagnose", spent)
     else:
         diagnosis = rule_based_diagnosis(failures, totals)
         narrative = "Rule-based diagnosis (no teacher configured)."
-    _write_diagnosis(rt, sid, diagnosis, narrative, result)
-    rt.emit("diagnosis", diagnosis=diagnosis)
+    _write_diagnosis(ctx, sid, diagnosis, narrative, result)
+    ctx.emit("diagnosis", diagnosis=diagnosis)
     return {"session_id": sid, "diagnosis": diagnosis.model_dump(), "status": "running",
             "gate_score_before": gate_now.accuracy}
 
 
-def _write_diagnosis(rt: SearchRuntime, sid: str, diagnosis: Diagnosis, narrative: str,
+def _write_diagnosis(ctx: SearchContext, sid: str, diagnosis: Diagnosis, narrative: str,
                      result: EvalResult) -> None:
     lines = [f"# Diagnosis — session {sid}", "", f"Source: {diagnosis.source}",
              f"Search-set accuracy of the current spec: {result.accuracy:.3f} "
              f"({len(result.outcomes)} runs)", "", "| cluster | categories | signature | "
-             "student failure rate | teacher success rate | skill gap |", "|---|---|---|---|---|---|"]
+             "student failure rate | teacher success rate | skill gap |",
+             "|---|---|---|---|---|---|"]
     for c in diagnosis.clusters:
-        teacher = "not measured" if c.teacher_success_rate is None else f"{c.teacher_success_rate:.2f}"
+        teacher = ("not measured" if c.teacher_success_rate is None
+                   else f"{c.teacher_success_rate:.2f}")
         lines.append(f"| {c.id} | {', '.join(c.categories)} | {c.signature} | "
                      f"{c.student_failure_rate:.2f} | {teacher} | {c.skill_gap} |")
     lines += ["", narrative.strip(), ""]
-    (_session_dir(rt, sid) / "diagnosis.md").write_text("\n".join(lines))
+    (_session_dir(ctx, sid) / "diagnosis.md").write_text("\n".join(lines))
 
 
-async def plan(state: SearchState, config: RunnableConfig) -> dict:
+async def plan(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     from homespun.learning.proposers.base import HistoryEntry, ProposerContext
 
-    rt = _runtime(config)
+    ctx = _context(runtime)
     sid = state["session_id"]
-    spec = rt.checkpoints.head_spec()
+    spec = ctx.checkpoints.head_spec()
     diagnosis = Diagnosis.model_validate(state["diagnosis"])
-    rt.emit("phase", name="plan", proposer=getattr(rt.proposer, "name", "?"))
+    ctx.emit("phase", name="plan", proposer=ctx.proposer.name)
     history = []
-    for row in rt.store.history_entries():
+    for row in ctx.store.history_entries():
         try:
             p = Proposal.model_validate({"id": row["id"], "target_cluster": row["target"],
                                          "ops": json.loads(row["ops"]),
@@ -260,37 +259,37 @@ async def plan(state: SearchState, config: RunnableConfig) -> dict:
         except Exception:  # a row from an older op schema: skip it, it cannot repeat
             continue
         history.append(HistoryEntry(p, row["status"], row["reason"] or "", row["deltas"]))
-    search, _ = rt.split(spec)
+    search, _ = ctx.split(spec)
 
     async def evaluate_clusters(candidate: Spec) -> dict[str, float]:
-        res = await rt.evaluate(candidate, search, "evolutionary: candidate on the search set")
+        res = await ctx.evaluate(candidate, search, "evolutionary: candidate on the search set")
         scopes = cluster_categories(diagnosis.clusters, {t.category for t in search})
         return {k: v for k, v in cluster_scores(res, scopes).items() if v is not None}
 
-    ctx = ProposerContext(
+    proposer_ctx = ProposerContext(
         spec=spec, diagnosis=diagnosis, history=history,
         max_proposals=spec.learning.budgets.max_proposals_per_session,
-        seed=spec.learning.gate.seed + len(rt.store.sessions(limit=1000)),
-        teacher=rt.teacher, meter=rt.meter, evaluate=evaluate_clusters,
-        tool_names=rt.extra.get("tool_names") or await _tool_names(spec, rt.settings),
+        seed=spec.learning.gate.seed + len(ctx.store.sessions(limit=1000)),
+        teacher=ctx.teacher, meter=ctx.meter, evaluate=evaluate_clusters,
+        tool_names=ctx.tool_names or await _tool_names(spec, ctx.settings),
     )
-    spent = _meter_mark(rt)
+    spent = _meter_mark(ctx)
     try:
-        proposals = await rt.proposer.propose(ctx)
+        proposals = await ctx.proposer.propose(proposer_ctx)
     finally:
-        _record_cost(rt, sid, "plan", spent)
+        _record_cost(ctx, sid, "plan", spent)
     # Auto-tier proposals first: a proposal paused for review must not hold back the ones
     # that need no human.
     order = {"auto": 0, "review": 1, "manual": 2}
     proposals = sorted(proposals, key=lambda p: order[risk_tier(p, spec)])
     tiers = [risk_tier(p, spec) for p in proposals]
-    rt.store.add_proposals(sid, proposals, tiers)
+    ctx.store.add_proposals(sid, proposals, tiers)
     plan_doc = [{"id": p.id, "target_cluster": p.target_cluster, "tier": t,
                  "proposer": p.proposer, "rationale": p.rationale,
                  "ops": [o.model_dump() for o in p.ops]} for p, t in zip(proposals, tiers,
                                                                          strict=True)]
-    (_session_dir(rt, sid) / "plan.json").write_text(json.dumps(plan_doc, indent=2))
-    rt.emit("plan", proposals=proposals, tiers=tiers)
+    (_session_dir(ctx, sid) / "plan.json").write_text(json.dumps(plan_doc, indent=2))
+    ctx.emit("plan", proposals=proposals, tiers=tiers)
     return {"proposals": [p.model_dump() for p in proposals], "tiers": tiers, "index": 0}
 
 
@@ -313,45 +312,45 @@ async def _tool_names(spec: Spec, settings: Settings) -> dict[str, list[str]]:
     return names
 
 
-async def execute(state: SearchState, config: RunnableConfig) -> dict:
-    rt = _runtime(config)
+async def execute(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
+    ctx = _context(runtime)
     sid, i = state["session_id"], state["index"]
     proposal = Proposal.model_validate(state["proposals"][i])
     tier = state["tiers"][i]
     approvals = dict(state.get("approvals") or {})
     if tier in ("review", "manual") and proposal.id not in approvals:
-        rt.store.set_proposal(proposal.id, status="pending_review")
-        rt.store.update_session(sid, status="paused")
-        rt.emit("review", proposal=proposal, tier=tier)
+        ctx.store.set_proposal(proposal.id, status="pending_review")
+        ctx.store.update_session(sid, status="paused")
+        ctx.emit("review", proposal=proposal, tier=tier)
         answer = interrupt({"proposal_id": proposal.id, "tier": tier,
                             "target": proposal.target_cluster,
                             "ops": describe_proposal(proposal),
                             "rationale": proposal.rationale})
         decision = answer if isinstance(answer, dict) else {"approve": bool(answer)}
         approvals[proposal.id] = decision
-        rt.store.update_session(sid, status="running")
+        ctx.store.update_session(sid, status="running")
         if not decision.get("approve"):
             reason = decision.get("reason") or "rejected in review"
-            rt.store.set_proposal(proposal.id, status="review_rejected", reason=reason)
+            ctx.store.set_proposal(proposal.id, status="review_rejected", reason=reason)
             return {"approvals": approvals, "candidate": None,
                     "decision": {"accepted": False, "reason": reason, "skipped": True}}
-        rt.store.set_proposal(proposal.id, status="approved")
-    current = rt.checkpoints.head_spec()
-    rt.emit("phase", name="execute", proposal=proposal, tier=tier)
+        ctx.store.set_proposal(proposal.id, status="approved")
+    current = ctx.checkpoints.head_spec()
+    ctx.emit("phase", name="execute", proposal=proposal, tier=tier)
     trained: dict = {}
     try:
-        proposal, trained = await _train_if_needed(rt, proposal, current, state)
+        proposal, trained = await _train_if_needed(ctx, proposal, current, state)
         candidate = apply_proposal(current, proposal)
     except Exception as exc:  # an invalid edit, or training that failed: recorded, not fatal
         if not isinstance(exc, EditError) and type(exc).__name__ not in (
                 "TrainEditError", "TrainingError", "LoraConversionError"):
             raise
-        rt.store.set_proposal(proposal.id, status="error", reason=str(exc))
+        ctx.store.set_proposal(proposal.id, status="error", reason=str(exc))
         return {"approvals": approvals, "candidate": None, **trained,
                 "decision": {"accepted": False, "reason": str(exc), "skipped": True}}
-    _, held_out = rt.split(current)
-    before = await rt.evaluate(current, held_out, "gate: current spec")
-    after = await rt.evaluate(candidate, held_out, f"gate: proposal {proposal.id}")
+    _, held_out = ctx.split(current)
+    before = await ctx.evaluate(current, held_out, "gate: current spec")
+    after = await ctx.evaluate(candidate, held_out, f"gate: proposal {proposal.id}")
     diagnosis = Diagnosis.model_validate(state["diagnosis"])
     scopes = cluster_categories(diagnosis.clusters, {t.category for t in held_out})
     return {
@@ -365,7 +364,7 @@ async def execute(state: SearchState, config: RunnableConfig) -> dict:
     }
 
 
-async def _train_if_needed(rt: SearchRuntime, proposal: Proposal, current: Spec,
+async def _train_if_needed(ctx: SearchContext, proposal: Proposal, current: Spec,
                            state: SearchState) -> tuple[Proposal, dict]:
     """Train the LoRA of an approved train_lora proposal (once: the trained proposal is
     written back into the session state, so a resumed session does not train again)."""
@@ -384,43 +383,43 @@ async def _train_if_needed(rt: SearchRuntime, proposal: Proposal, current: Spec,
         categories = set(diagnosis.cluster(proposal.target_cluster).categories)
     except KeyError:
         categories = set()
-    search, _ = rt.split(current)
+    search, _ = ctx.split(current)
     pairs = training_pairs(search, categories)
-    rt.emit("phase", name="train", proposal=proposal, pairs=len(pairs))
+    ctx.emit("phase", name="train", proposal=proposal, pairs=len(pairs))
     trained = await asyncio.to_thread(train_for_proposal, proposal, spec=current,
-                                      settings=rt.settings, pairs=pairs)
+                                      settings=ctx.settings, pairs=pairs)
     proposals = list(state["proposals"])
     proposals[state["index"]] = trained.model_dump()
-    rt.store.set_proposal(trained.id, ops=json.dumps([o.model_dump() for o in trained.ops]))
+    ctx.store.set_proposal(trained.id, ops=json.dumps([o.model_dump() for o in trained.ops]))
     return trained, {"proposals": proposals}
 
 
-def gate(state: SearchState, config: RunnableConfig) -> dict:
+def gate(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     if state.get("decision") is not None:  # skipped in execute (rejected in review, invalid)
         return {}
-    rt = _runtime(config)
+    ctx = _context(runtime)
     proposal = Proposal.model_validate(state["proposals"][state["index"]])
-    spec = rt.checkpoints.head_spec()
+    spec = ctx.checkpoints.head_spec()
     cand = state["candidate"]
     decision = gate_ok(cand["before"], cand["after"], proposal.target_cluster,
                        spec.learning.gate.eps)
-    rt.store.set_cluster_scores(state["session_id"], proposal.id, cand["before"],
-                                cand["after"])
-    rt.emit("gate", proposal=proposal, decision=decision)
+    ctx.store.set_cluster_scores(state["session_id"], proposal.id, cand["before"],
+                                 cand["after"])
+    ctx.emit("gate", proposal=proposal, decision=decision)
     return {"decision": {"accepted": decision.accepted, "reason": decision.reason,
                          "deltas": decision.deltas()}}
 
 
-def record(state: SearchState, config: RunnableConfig) -> dict:
-    rt = _runtime(config)
+def record(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
+    ctx = _context(runtime)
     sid, i = state["session_id"], state["index"]
     proposal = Proposal.model_validate(state["proposals"][i])
     decision = state["decision"] or {}
     if decision.get("skipped"):
         pass  # already recorded as review_rejected / error
     elif decision.get("accepted"):
-        current = rt.checkpoints.head_spec()
-        existing = rt.checkpoints.find_edit(proposal.id)
+        current = ctx.checkpoints.head_spec()
+        existing = ctx.checkpoints.find_edit(proposal.id)
         if existing is None:
             candidate = apply_proposal(current, proposal)
             body = (f"{describe_proposal(proposal)}\n\nRationale: {proposal.rationale}\n"
@@ -428,39 +427,39 @@ def record(state: SearchState, config: RunnableConfig) -> dict:
             from homespun.learning.training.edit import adapters_of
 
             extra = {f"Adapter-SHA256": a.sha256 for a in adapters_of(proposal)}
-            sha = rt.checkpoints.commit_spec(
+            sha = ctx.checkpoints.commit_spec(
                 candidate, subject=f"spec search: {proposal.target_cluster} "
                 f"({', '.join(o.op for o in proposal.ops)})", body=body, session_id=sid,
                 edit_id=proposal.id, tier=state["tiers"][i], target=proposal.target_cluster,
                 extra_trailers=extra)
         else:
             sha = existing.sha
-        rt.store.set_proposal(proposal.id, status="accepted", reason=decision["reason"],
-                              commit_sha=sha)
-        rt.emit("accepted", proposal=proposal, sha=sha)
+        ctx.store.set_proposal(proposal.id, status="accepted", reason=decision["reason"],
+                               commit_sha=sha)
+        ctx.emit("accepted", proposal=proposal, sha=sha)
     else:
-        rt.store.set_proposal(proposal.id, status="rejected", reason=decision.get("reason", ""))
-        rt.emit("rejected", proposal=proposal, reason=decision.get("reason", ""))
+        ctx.store.set_proposal(proposal.id, status="rejected", reason=decision.get("reason", ""))
+        ctx.emit("rejected", proposal=proposal, reason=decision.get("reason", ""))
     if not decision.get("accepted"):
         from homespun.learning.training.edit import discard_unused_adapters
 
-        discard_unused_adapters(proposal, rt.checkpoints.head_spec())
+        discard_unused_adapters(proposal, ctx.checkpoints.head_spec())
     return {"index": i + 1, "candidate": None, "decision": None}
 
 
-async def finalize(state: SearchState, config: RunnableConfig) -> dict:
-    rt = _runtime(config)
+async def finalize(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
+    ctx = _context(runtime)
     sid = state["session_id"]
-    spec = rt.checkpoints.head_spec()
-    _, held_out = rt.split(spec)
-    after = await rt.evaluate(spec, held_out, "gate: final spec")
+    spec = ctx.checkpoints.head_spec()
+    _, held_out = ctx.split(spec)
+    after = await ctx.evaluate(spec, held_out, "gate: final spec")
     import time
 
-    rt.store.update_session(sid, status="done", ended_at=time.time(),
-                            spec_hash_after=spec.content_hash(),
-                            gate_score_after=after.accuracy)
-    rt.emit("session_done", session_id=sid, before=state.get("gate_score_before"),
-            after=after.accuracy)
+    ctx.store.update_session(sid, status="done", ended_at=time.time(),
+                             spec_hash_after=spec.content_hash(),
+                             gate_score_after=after.accuracy)
+    ctx.emit("session_done", session_id=sid, before=state.get("gate_score_before"),
+             after=after.accuracy)
     return {"status": "done", "gate_score_after": after.accuracy}
 
 
@@ -481,8 +480,15 @@ def _after_record(state: SearchState) -> str:
     return "execute" if state["index"] < len(state.get("proposals") or []) else "finalize"
 
 
-def build_search_graph(checkpointer: Any = None):
-    g = StateGraph(SearchState)
+def build_search_graph(
+    checkpointer: BaseCheckpointSaver | None = None,
+    *,
+    context_schema: type[SearchContext] | type[SearchContextSource] = SearchContext,
+) -> CompiledStateGraph:
+    """The session graph. Run it with `context=` a SearchContext; a host that can only send
+    JSON as the context (LangGraph Studio) compiles it with a `context_schema` that is a
+    JSON dataclass standing for one (a SearchContextSource)."""
+    g = StateGraph(SearchState, context_schema=context_schema)
     g.add_node("diagnose", diagnose)
     g.add_node("plan", plan)
     g.add_node("execute", execute)

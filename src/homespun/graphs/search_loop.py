@@ -7,19 +7,23 @@ before every teacher call (CostMeter) and before every session here.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
+from langchain_core.language_models import BaseChatModel
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
-from homespun.graphs.search import EventCallback, SearchRuntime, build_search_graph
-from homespun.stores.checkpoints import CheckpointRepo
+from homespun.engines.cost import CostMeter
+from homespun.graphs.search import EventCallback, SearchContext, SearchState, build_search_graph
 from homespun.learning.evaluation import StudentFactory
-from homespun.stores.sqlite import ensure_private_file
-from homespun.stores.learning import LearningStore
-from homespun.learning.tasks import Benchmark
+from homespun.learning.proposers.base import Proposer
+from homespun.learning.tasks import Benchmark, Task
 from homespun.spec import Settings, Spec, load_spec
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.learning import LearningStore
+from homespun.stores.sqlite import ensure_private_file
 
 
 class SearchSetupError(RuntimeError):
@@ -49,8 +53,8 @@ def _store(settings: Settings) -> LearningStore:
     return LearningStore(settings.learning_db)
 
 
-def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: Any | None):
-    from homespun.engines.cost import CostMeter
+def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: BaseChatModel | None
+                       ) -> tuple[BaseChatModel | None, CostMeter]:
     from homespun.engines.providers import build_teacher
 
     budgets = spec.learning.budgets
@@ -66,7 +70,7 @@ def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: Any | None):
     return teacher, meter
 
 
-def _proposer(name: str, teacher: Any | None):
+def _proposer(name: str, teacher: BaseChatModel | None) -> Proposer:
     from homespun.learning.proposers import make_proposer
 
     if name == "llm" and teacher is None:
@@ -76,7 +80,7 @@ def _proposer(name: str, teacher: Any | None):
 
 
 @asynccontextmanager
-async def _graph(settings: Settings):
+async def _graph(settings: Settings) -> AsyncIterator[CompiledStateGraph]:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = ensure_private_file(settings.search_db)
@@ -84,17 +88,30 @@ async def _graph(settings: Settings):
         yield build_search_graph(checkpointer=saver)
 
 
-def _runtime(settings: Settings, benchmark: Benchmark, proposer: Any, teacher: Any, meter: Any,
-             student: StudentFactory | None, on_event: EventCallback | None,
-             concurrency: int, tasks=None) -> SearchRuntime:
-    return SearchRuntime(settings=settings, benchmark=benchmark, proposer=proposer,
-                         teacher=teacher, student=student, concurrency=concurrency,
-                         on_event=on_event, meter=meter, tasks=tasks)
+def search_context(
+    settings: Settings,
+    spec: Spec,
+    benchmark: Benchmark,
+    proposer: str,
+    *,
+    teacher: BaseChatModel | None = None,
+    student: StudentFactory | None = None,
+    on_event: EventCallback | None = None,
+    concurrency: int = 1,
+    tasks: list[Task] | None = None,
+) -> SearchContext:
+    """The run context of one session: the teacher (`teacher`, else the spec's), a cost meter
+    for it against the spec's budgets, and the named proposer (errors as SearchSetupError)."""
+    t, meter = _teacher_and_meter(spec, _store(settings), teacher)
+    return SearchContext(settings=settings, benchmark=benchmark, proposer=_proposer(proposer, t),
+                         teacher=t, meter=meter, student=student, concurrency=concurrency,
+                         on_event=on_event, tasks=tasks)
 
 
-async def _drive(graph: Any, inputs: Any, sid: str, rt: SearchRuntime) -> dict:
-    config = {"configurable": {"thread_id": sid, "runtime": rt}, "recursion_limit": 200}
-    return await graph.ainvoke(inputs, config)
+async def _drive(graph: CompiledStateGraph, inputs: SearchState | Command | None, sid: str,
+                 context: SearchContext) -> dict:
+    config = {"configurable": {"thread_id": sid}, "recursion_limit": 200}
+    return await graph.ainvoke(inputs, config, context=context)
 
 
 async def run_search(
@@ -104,11 +121,11 @@ async def run_search(
     proposer: str | None = None,
     sessions: int = 1,
     student: StudentFactory | None = None,
-    teacher: Any | None = None,
+    teacher: BaseChatModel | None = None,
     on_event: EventCallback | None = None,
     concurrency: int = 1,
     resume: bool = False,
-    tasks=None,
+    tasks: list[Task] | None = None,
 ) -> LoopResult:
     """Run up to `sessions` search sessions (or resume an interrupted one first)."""
     repo = CheckpointRepo(settings.home, settings.spec_path)
@@ -139,11 +156,11 @@ async def run_search(
                 out.paused_proposal = pending[0]["id"] if pending else None
                 out.stopped_because = "paused for review"
                 return out
-            spec = load_spec(settings.spec_path)
-            t, meter = _teacher_and_meter(spec, store, teacher)
-            rt = _runtime(settings, get_benchmark(row.benchmark, settings), _proposer(row.proposer, t), t,
-                          meter, student, on_event, concurrency, tasks)
-            result = await _drive(graph, None, sid, rt)
+            context = search_context(
+                settings, load_spec(settings.spec_path), get_benchmark(row.benchmark, settings),
+                row.proposer, teacher=teacher, student=student, on_event=on_event,
+                concurrency=concurrency, tasks=tasks)
+            result = await _drive(graph, None, sid, context)
             out.sessions.append(sid)
             if "__interrupt__" in result:
                 out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
@@ -159,10 +176,10 @@ async def run_search(
             if store.total_cost() >= spec.learning.budgets.max_total_cost_usd:
                 out.stopped_because = "total teacher budget spent"
                 break
-            t, meter = _teacher_and_meter(spec, store, teacher)
             chosen = proposer or spec.learning.proposer
-            rt = _runtime(settings, bench, _proposer(chosen, t), t, meter, student, on_event,
-                          concurrency, tasks)
+            context = search_context(settings, spec, bench, chosen, teacher=teacher,
+                                     student=student, on_event=on_event,
+                                     concurrency=concurrency, tasks=tasks)
             sid = store.new_session(benchmark=bench.name, proposer=chosen,
                                     teacher=spec.learning.teacher, spec_hash=spec.content_hash())
             out.sessions.append(sid)
@@ -172,7 +189,7 @@ async def run_search(
             try:
                 result = await _drive(graph, {"session_id": sid, "status": "running",
                                               "approvals": {}, "diagnosis_only": diagnosis_only},
-                                      sid, rt)
+                                      sid, context)
             except Exception as exc:
                 store.update_session(sid, status="failed", note=f"{type(exc).__name__}: {exc}")
                 raise
@@ -213,10 +230,10 @@ async def decide_review(
     approve: bool,
     reason: str = "",
     student: StudentFactory | None = None,
-    teacher: Any | None = None,
+    teacher: BaseChatModel | None = None,
     on_event: EventCallback | None = None,
     concurrency: int = 1,
-    tasks=None,
+    tasks: list[Task] | None = None,
 ) -> LoopResult:
     """Approve (still gated) or reject a paused proposal, and let its session go on."""
     store = _store(settings)
@@ -225,14 +242,14 @@ async def decide_review(
         raise SearchSetupError(f"proposal {row['id']} is {row['status']}, not waiting for "
                                "review (see `homespun learning review`)")
     session = store.session(row["session_id"])
-    spec = load_spec(settings.spec_path)
-    t, meter = _teacher_and_meter(spec, store, teacher)
-    rt = _runtime(settings, get_benchmark(session.benchmark, settings), _proposer(session.proposer, t), t,
-                  meter, student, on_event, concurrency, tasks)
+    context = search_context(
+        settings, load_spec(settings.spec_path), get_benchmark(session.benchmark, settings),
+        session.proposer, teacher=teacher, student=student, on_event=on_event,
+        concurrency=concurrency, tasks=tasks)
     out = LoopResult(sessions=[session.id])
     async with _graph(settings) as graph:
         result = await _drive(graph, Command(resume={"approve": approve, "reason": reason}),
-                              session.id, rt)
+                              session.id, context)
     if "__interrupt__" in result:
         out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
         out.stopped_because = "paused for review"

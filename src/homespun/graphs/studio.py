@@ -15,11 +15,14 @@ factory goes through `asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from homespun.engines.factory import build_chat_model
 from homespun.graphs.assistant import build_assistant_graph
-from homespun.graphs.search import build_search_graph
+from homespun.graphs.search import SearchContext, build_search_graph
+from homespun.graphs.search_loop import get_benchmark, search_context
 from homespun.mcp_servers.loader import load_tools_stateless
 from homespun.spec import Settings, load_spec
 
@@ -40,9 +43,33 @@ def _spec_and_model():
     return spec, settings, build_chat_model(spec, settings)
 
 
+@dataclass
+class StudioSearchContext:
+    """The run context of the search graph in Studio, which can only send JSON: the names of
+    the benchmark ('starter', 'personal', 'agentdojo:SUITE') and of the proposer (default: the
+    spec's), and the evaluation concurrency. The rest (settings, the spec's teacher, a cost
+    meter on its budgets) comes from HOMESPUN_HOME and the spec, built once per run by the
+    first node that asks for it."""
+
+    benchmark: str = "starter"
+    proposer: str | None = None
+    concurrency: int = 1
+
+    def search_context(self) -> SearchContext:
+        return self._built
+
+    @cached_property
+    def _built(self) -> SearchContext:
+        settings = Settings()
+        spec = load_spec(settings.spec_path)
+        return search_context(settings, spec, get_benchmark(self.benchmark, settings),
+                              self.proposer or spec.learning.proposer,
+                              concurrency=self.concurrency)
+
+
 def search():
-    """The spec-search session graph. A run's configurable may name `benchmark`
-    ('starter', 'personal', 'agentdojo:SUITE') and `proposer`; review-tier proposals pause
-    with an interrupt that Studio shows, resumed with {"approve": true} or
-    {"approve": false, "reason": "..."}."""
-    return build_search_graph()
+    """The spec-search session graph. A run's context (or its configurable, which the server
+    copies into the context) may name `benchmark` and `proposer` (see StudioSearchContext);
+    review-tier proposals pause with an interrupt that Studio shows, resumed with
+    {"approve": true} or {"approve": false, "reason": "..."}."""
+    return build_search_graph(context_schema=StudioSearchContext)
