@@ -23,6 +23,7 @@ from homespun.channels.mcp_clients import (
 )
 from homespun.stores.memory import MemoryStore
 from homespun.spec import Settings
+from tests.mcp_helpers import text
 
 runner = CliRunner()
 
@@ -177,4 +178,4 @@ async def test_the_installed_entry_starts_a_working_server(tmp_path):
         names = {t.name for t in await client.list_tools()}
         found = await client.call_tool("search_memory", {"query": "birthday"})
     assert names == {"ask", "search_memory", "give_feedback"}
-    assert "Anna's birthday is May 3" in found.content[0].text
+    assert "Anna's birthday is May 3" in text(found)

@@ -6,9 +6,6 @@ import asyncio
 import itertools
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
 
 import pytest
 
@@ -22,6 +19,7 @@ from homespun.channels.slack import SLACK_LIMIT, build_slack_app  # noqa: E402
 from homespun.engines.testing import ScriptedChatModel  # noqa: E402
 from homespun.stores.traces import TraceStore  # noqa: E402
 from homespun.spec import Spec, save_spec  # noqa: E402
+from tests.stubs import RecordedRequest, RecordingStub, Reply  # noqa: E402
 
 BOT_TOKEN = "xoxb-test-token"
 BOT_USER = "UBOT"
@@ -31,36 +29,33 @@ CHANNEL = "C0GENERAL"
 
 
 class SlackStub:
-    """Slack's Web API on 127.0.0.1: records every call, answers like Slack would."""
+    """Slack's Web API on 127.0.0.1 (a `RecordingStub`): records every call, answers like
+    Slack would."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict, str | None]] = []  # (method, params, auth header)
+    def __init__(self, http: RecordingStub) -> None:
+        self.http = http
         self.sent_ts: dict[str, str] = {}  # text of a posted message -> its ts
         self._ts = itertools.count(1)
-        stub = self
+        http.handler = self._handle
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                method = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                if "json" in (self.headers.get("Content-Type") or ""):
-                    params = json.loads(raw or "{}")
-                else:
-                    params = {k: v[0] for k, v in parse_qs(raw).items()}
-                stub.calls.append((method, params, self.headers.get("Authorization")))
-                body = stub.respond(method, params)
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    @staticmethod
+    def _call(request: RecordedRequest) -> tuple[str, dict, str | None]:
+        """(method, params, auth header) of one Web API request."""
+        method = request.path.split("?", 1)[0].rsplit("/", 1)[-1]
+        if "json" in request.headers.get("content-type", ""):
+            params = json.loads(request.raw or "{}")
+        else:
+            params = request.form
+        return method, params, request.headers.get("authorization")
 
-            def log_message(self, *args) -> None:
-                pass
+    def _handle(self, request: RecordedRequest) -> Reply:
+        method, params, _ = self._call(request)
+        return Reply(self.respond(method, params),
+                     content_type="application/json; charset=utf-8")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    @property
+    def calls(self) -> list[tuple[str, dict, str | None]]:
+        return [self._call(r) for r in self.http.requests]
 
     def respond(self, method: str, params: dict) -> dict:
         if method == "auth.test":
@@ -76,7 +71,7 @@ class SlackStub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+        return self.http.url("/api/")
 
     def posts(self) -> list[dict]:
         """chat.postMessage calls: where and what (Bolt's client also adds team_id)."""
@@ -85,12 +80,8 @@ class SlackStub:
 
 
 @pytest.fixture
-def stub():
-    s = SlackStub()
-    s.thread.start()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
+def stub(http_stub):
+    return SlackStub(http_stub)
 
 
 @pytest.fixture

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fastmcp
 import httpx
 import pytest
 import respx
-from fastmcp.exceptions import ToolError
 
 from homespun.connectors.calendar import DESCRIPTIONS, create_calendar_server
 from homespun.connectors.registry import ConnectorConfigError
-from homespun.mcp_servers.loader import open_tools
-from homespun.spec import Spec, ToolServerSpec
+from tests.mcp_helpers import assert_descriptions, call, open_builtin, refused
 
 WHERE = "tools.servers[0].options"
 
@@ -94,19 +91,6 @@ def home_ics(tmp_path: Path) -> Path:
 def make_server(settings, *sources: str, **extra):
     options = {"sources": list(sources), "timezone": "Europe/Paris", **extra}
     return create_calendar_server(options, where=WHERE, settings=settings)
-
-
-async def call(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        result = await client.call_tool(tool, args)
-    return result.content[0].text
-
-
-async def refused(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        with pytest.raises(ToolError) as info:
-            await client.call_tool(tool, args)
-    return str(info.value)
 
 
 async def test_weekly_rule_is_expanded_within_the_window(home_ics, settings):
@@ -204,15 +188,13 @@ def test_option_errors_name_the_field(settings):
 
 
 async def test_loads_through_the_spec_with_a_description_override(home_ics, settings):
-    spec = Spec(tools={"servers": [ToolServerSpec(
-        name="calendar", kind="builtin", builtin="calendar",
-        options={"sources": [str(home_ics)], "timezone": "Europe/Paris"},
-        descriptions={"list_events": "Show the agenda."},
-    )]})
-    async with open_tools(spec, settings) as loaded:
+    overrides = {"list_events": "Show the agenda."}
+    async with open_builtin(settings, "calendar", "calendar", descriptions=overrides,
+                            options={"sources": [str(home_ics)],
+                                     "timezone": "Europe/Paris"}) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"list_events", "search_events"}
         assert tools["list_events"].description == "Show the agenda."
-        assert tools["search_events"].description == DESCRIPTIONS["search_events"]
+        assert_descriptions(tools, DESCRIPTIONS, overrides)
         result = await tools["list_events"].ainvoke({"start": "2025-03-14", "days": 1})
         assert "Pi day" in str(result)

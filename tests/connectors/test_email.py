@@ -5,9 +5,7 @@ from __future__ import annotations
 import imaplib
 import re
 
-import fastmcp
 import pytest
-from fastmcp.exceptions import ToolError
 
 from homespun.connectors.email import (
     DESCRIPTIONS,
@@ -17,8 +15,7 @@ from homespun.connectors.email import (
     open_read_only,
 )
 from homespun.connectors.registry import ConnectorConfigError
-from homespun.mcp_servers.loader import open_tools
-from homespun.spec import Spec, ToolServerSpec
+from tests.mcp_helpers import assert_descriptions, call, list_tools, open_builtin, refused
 
 from .conftest import ImapServer
 
@@ -59,19 +56,6 @@ def mailbox_state(imap: ImapServer) -> dict[str, tuple[int, frozenset[str]]]:
             flags = frozenset(re.search(r"FLAGS \(([^)]*)\)", meta).group(1).split())
             state[subject] = (uid, flags)
     return state
-
-
-async def call(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        result = await client.call_tool(tool, args)
-    return result.content[0].text
-
-
-async def refused(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        with pytest.raises(ToolError) as info:
-            await client.call_tool(tool, args)
-    return str(info.value)
 
 
 async def test_list_search_and_read_leave_every_flag_as_it_was(server, imap_server):
@@ -119,8 +103,7 @@ async def test_list_search_and_read_leave_every_flag_as_it_was(server, imap_serv
 
 
 async def test_no_tool_writes_and_the_connection_refuses_writes(server, options, imap_server):
-    async with fastmcp.Client(server) as client:
-        tools = await client.list_tools()
+    tools = list((await list_tools(server)).values())
     assert {t.name for t in tools} == {"list_messages", "search_messages", "read_message"}
     assert all(t.annotations.readOnlyHint and not t.annotations.destructiveHint for t in tools)
 
@@ -198,15 +181,13 @@ def test_option_errors_name_the_field(settings, monkeypatch):
 
 async def test_loads_through_the_spec_with_a_description_override(options, settings,
                                                                     imap_server):
-    spec = Spec(tools={"servers": [ToolServerSpec(
-        name="mail", kind="builtin", builtin="email", options=options, sensitive=True,
-        descriptions={"list_messages": "Show the newest mail."},
-    )]})
-    async with open_tools(spec, settings) as loaded:
+    overrides = {"list_messages": "Show the newest mail."}
+    async with open_builtin(settings, "mail", "email", options=options, sensitive=True,
+                            descriptions=overrides) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"list_messages", "search_messages", "read_message"}
         assert tools["list_messages"].description == "Show the newest mail."
-        assert tools["read_message"].description == DESCRIPTIONS["read_message"]
+        assert_descriptions(tools, DESCRIPTIONS, overrides)
         assert loaded.sensitive_servers == {"mail"}
         result = await tools["list_messages"].ainvoke({"unread_only": True})
         assert "Dentist reminder" in str(result)

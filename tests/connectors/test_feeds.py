@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fastmcp
 import httpx
 import pytest
 import respx
-from fastmcp.exceptions import ToolError
 
 from homespun.connectors.feeds import DESCRIPTIONS, create_feeds_server
 from homespun.connectors.registry import ConnectorConfigError
-from homespun.mcp_servers.loader import open_tools
-from homespun.spec import Spec, ToolServerSpec
+from tests.mcp_helpers import assert_descriptions, call, open_builtin, refused
 
 WHERE = "tools.servers[0].options"
 RSS_URL = "https://news.example.com/rss.xml"
@@ -91,19 +88,6 @@ def web():
 
 def make_server(settings, *urls: str, **extra):
     return create_feeds_server({"urls": list(urls), **extra}, where=WHERE, settings=settings)
-
-
-async def call(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        result = await client.call_tool(tool, args)
-    return result.content[0].text
-
-
-async def refused(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        with pytest.raises(ToolError) as info:
-            await client.call_tool(tool, args)
-    return str(info.value)
 
 
 async def test_list_feeds_names_each_feed(web, local_feed, settings):
@@ -201,13 +185,11 @@ def test_option_errors_name_the_field(settings):
 
 
 async def test_loads_through_the_spec_with_a_description_override(web, settings):
-    spec = Spec(tools={"servers": [ToolServerSpec(
-        name="feeds", kind="builtin", builtin="feeds", options={"urls": [RSS_URL, ATOM_URL]},
-        descriptions={"latest_items": "Today's headlines."},
-    )]})
-    async with open_tools(spec, settings) as loaded:
+    overrides = {"latest_items": "Today's headlines."}
+    async with open_builtin(settings, "feeds", "feeds", options={"urls": [RSS_URL, ATOM_URL]},
+                            descriptions=overrides) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"list_feeds", "latest_items", "search_items"}
         assert tools["latest_items"].description == "Today's headlines."
-        assert tools["list_feeds"].description == DESCRIPTIONS["list_feeds"]
+        assert_descriptions(tools, DESCRIPTIONS, overrides)
         assert "Gardening with tomatoes" in str(await tools["latest_items"].ainvoke({"limit": 1}))

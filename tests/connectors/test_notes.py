@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import fastmcp
 import pytest
-from fastmcp.exceptions import ToolError
 
 from homespun.connectors.notes import (
     DESCRIPTIONS,
@@ -19,6 +17,7 @@ from homespun.connectors.notes import (
 from homespun.connectors.registry import ConnectorConfigError
 from homespun.mcp_servers.loader import ToolLoadError, open_tools
 from homespun.spec import Spec, ToolServerSpec
+from tests.mcp_helpers import assert_descriptions, call, open_builtin, refused
 
 WHERE = "tools.servers[0].options"
 
@@ -56,19 +55,6 @@ def outside(tmp_path: Path) -> Path:
 
 def make_server(vault: Path, settings, **extra):
     return create_notes_server({"path": str(vault), **extra}, where=WHERE, settings=settings)
-
-
-async def call(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        result = await client.call_tool(tool, args)
-    return result.content[0].text
-
-
-async def refused(server, tool: str, **args) -> str:
-    async with fastmcp.Client(server) as client:
-        with pytest.raises(ToolError) as info:
-            await client.call_tool(tool, args)
-    return str(info.value)
 
 
 def touch_changed(path: Path, text: str) -> None:
@@ -190,15 +176,13 @@ def test_env_and_home_are_expanded_in_the_path(vault, settings, monkeypatch):
 
 
 async def test_loads_through_the_spec_with_a_description_override(vault, settings):
-    spec = Spec(tools={"servers": [ToolServerSpec(
-        name="notes", kind="builtin", builtin="notes", options={"path": str(vault)},
-        descriptions={"read_note": "Open a note from the vault."},
-    )]})
-    async with open_tools(spec, settings) as loaded:
+    overrides = {"read_note": "Open a note from the vault."}
+    async with open_builtin(settings, "notes", "notes", options={"path": str(vault)},
+                            descriptions=overrides) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"search_notes", "read_note"}
         assert tools["read_note"].description == "Open a note from the vault."
-        assert tools["search_notes"].description == DESCRIPTIONS["search_notes"]
+        assert_descriptions(tools, DESCRIPTIONS, overrides)
         result = await tools["search_notes"].ainvoke({"query": "plumber"})
         assert "todo.txt" in str(result)
 

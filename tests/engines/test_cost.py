@@ -5,8 +5,6 @@ does not patch)."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from langchain_anthropic import ChatAnthropic
@@ -21,6 +19,7 @@ from homespun.engines.cost import PRICES_PER_MTOK, BudgetExceeded, CostMeter, Us
 from homespun.engines.providers import TeacherConfigError, build_teacher, parse_teacher
 from homespun.stores.traces import ToolCallRecord, Trace
 from homespun.spec import Spec
+from tests.stubs import anthropic_tool_use, chat_completion
 
 # --------------------------------------------------------------------------- ids and prices
 
@@ -136,57 +135,22 @@ def test_build_teacher_makes_the_provider_model(monkeypatch):
 # --------------------------------------------------------------------------- HTTP stub
 
 
-class _Stub(BaseHTTPRequestHandler):
-    """Replays `replies` (status, JSON) in order and records every request body."""
-
-    replies: list[tuple[int, dict]] = []
-    bodies: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        raw = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).bodies.append({"path": self.path, "raw": raw.decode(),
-                                  "body": json.loads(raw)})
-        status, reply = type(self).replies.pop(0)
-        data = json.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def stub():
-    _Stub.replies, _Stub.bodies = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", _Stub
-    server.shutdown()
+def stub(http_stub):
+    """(base URL, the RecordingStub): tests queue `replies` (status, JSON) and read
+    `requests` (path, raw body) and `bodies` (parsed JSON)."""
+    return http_stub.base_url, http_stub
 
 
 def _anthropic_tool_use(name: str, args: dict, usage: tuple[int, int]) -> tuple[int, dict]:
-    return 200, {
-        "id": f"msg_{name}", "type": "message", "role": "assistant", "model": "claude-opus-4-6",
-        "content": [{"type": "tool_use", "id": f"toolu_{name}", "name": name, "input": args}],
-        "stop_reason": "tool_use", "stop_sequence": None,
-        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
-    }
+    return 200, anthropic_tool_use(name, args, usage)
 
 
 def _openai_tool_call(name: str, args: dict, usage: tuple[int, int]) -> tuple[int, dict]:
-    return 200, {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "gpt-5",
-        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": None,
-            "tool_calls": [{"id": "call_1", "type": "function",
-                            "function": {"name": name, "arguments": json.dumps(args)}}]}}],
-        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                  "total_tokens": sum(usage)},
-    }
+    return 200, chat_completion(
+        None, model="gpt-5", finish_reason="tool_calls", usage=usage, id="chatcmpl-1",
+        tool_calls=[{"id": "call_1", "type": "function",
+                     "function": {"name": name, "arguments": json.dumps(args)}}])
 
 
 # Private data planted in the failing traces: none of it may reach the teacher.
@@ -256,7 +220,7 @@ async def test_anthropic_teacher_diagnoses_through_the_real_client(stub, monkeyp
     meter = CostMeter(session_cap_usd=5.0, total_cap_usd=50.0, model="anthropic:claude-opus-4-6")
     d, md = await teacher_diagnosis(_failures(), TOTALS, teacher=teacher, meter=meter)
 
-    assert [b["path"] for b in server.bodies] == ["/v1/messages", "/v1/messages"]
+    assert [r.path for r in server.requests] == ["/v1/messages", "/v1/messages"]
     assert d.source == "teacher" and d.summary == "Two failure modes."
     memory, arith = d.clusters
     assert (memory.id, memory.task_ids, memory.student_failure_rate) == (
@@ -265,14 +229,14 @@ async def test_anthropic_teacher_diagnoses_through_the_real_client(stub, monkeyp
     assert "'weather'" in md
 
     # What went over the wire: the traces, scrubbed, and nothing sensitive.
-    sent = "".join(b["raw"] for b in server.bodies)
+    sent = "".join(r.raw for r in server.requests)
     for private in PRIVATE:
         assert private not in sent
         assert json.dumps(private)[1:-1] not in sent
     assert SENSITIVE_MARKER not in sent
     assert "37 * 41" in sent and "<EMAIL>" in sent and "<PHONE>" in sent
     assert "<SECRET>" in sent and "<CARD>" in sent and "<IBAN>" in sent
-    first, second = (b["body"] for b in server.bodies)
+    first, second = server.bodies
     assert {t["name"] for t in first["tools"]} == {"show_trace", "list_categories",
                                                    "search_traces", "report_diagnosis"}
     assert first["tool_choice"] == {"type": "any"}
@@ -327,8 +291,10 @@ async def test_an_overloaded_api_is_retried_and_every_attempt_counted(stub, monk
     meter = CostMeter(session_cap_usd=5.0, total_cap_usd=50.0, model="claude-opus-4-6")
     d, _ = await teacher_diagnosis(_failures(), TOTALS, teacher=teacher, meter=meter)
     assert len(server.bodies) == 2 and d.source == "teacher"
-    assert meter.calls == 2  # the failed attempt is a call too (it is not billed)
-    assert meter.spent_usd == pytest.approx((2000 * 5 + 300 * 25) / 1e6)
+    assert meter.calls == 2  # the failed attempt is a call too ...
+    # ... and may still be billed, so it is charged at its estimate (never as free).
+    assert meter.estimated_calls == 1
+    assert meter.spent_usd - (2000 * 5 + 300 * 25) / 1e6 >= meter.cost(0, 4096)
 
 
 async def test_openai_teacher_diagnoses_through_the_real_client(stub, monkeypatch):
@@ -338,12 +304,124 @@ async def test_openai_teacher_diagnoses_through_the_real_client(stub, monkeypatc
     teacher = build_teacher("openai:gpt-5", base_url=url + "/v1")
     meter = CostMeter(session_cap_usd=5.0, total_cap_usd=50.0, model="openai:gpt-5")
     d, md = await teacher_diagnosis(_failures(), TOTALS, teacher=teacher, meter=meter)
-    assert [b["path"] for b in server.bodies] == ["/v1/chat/completions"]
-    body = server.bodies[0]["body"]
+    assert [r.path for r in server.requests] == ["/v1/chat/completions"]
+    body = server.bodies[0]
     assert body["model"] == "gpt-5" and body["tool_choice"] == "required"
     assert [c.id for c in d.clusters] == ["memory-args", "arith"]
-    sent = server.bodies[0]["raw"]
+    sent = server.requests[0].raw
     for private in PRIVATE:
         assert private not in sent and json.dumps(private)[1:-1] not in sent
     assert SENSITIVE_MARKER not in sent and "<EMAIL>" in sent
     assert meter.spent_usd == pytest.approx((3000 * 1.25 + 400 * 10) / 1e6)
+
+
+# --------------------------------------------------------------------------- metered calls
+
+
+def test_estimate_tokens_is_chars_over_four_with_tool_calls_and_schemas():
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool as make_tool
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from homespun.engines.cost import estimate_tokens
+
+    assert estimate_tokens([HumanMessage("x" * 8)]) == 2
+    assert estimate_tokens([HumanMessage("x" * 9)]) == 3  # rounded up, never under
+    call = AIMessage(content="", tool_calls=[{"name": "f", "args": {"a": 1}, "id": "c1",
+                                              "type": "tool_call"}])
+    assert estimate_tokens([call]) > 0  # a reply of tool calls only still has a size
+
+    @make_tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        return query
+
+    schema = convert_to_openai_tool(lookup)
+    with_tool = estimate_tokens([HumanMessage("x" * 8)], tools=[lookup])
+    assert with_tool == -(-(8 + len(json.dumps(schema))) // 4)
+    assert estimate_tokens([HumanMessage("x" * 8)], tools=[schema]) == with_tool
+
+
+def _meter() -> CostMeter:
+    return CostMeter(session_cap_usd=1.0, total_cap_usd=10.0, model="claude-opus-4-6")
+
+
+async def test_metered_call_checks_before_and_records_the_reply_after():
+    from langchain_core.messages import HumanMessage
+
+    from homespun.engines.cost import metered_call
+    from homespun.engines.testing import ScriptedChatModel
+
+    model = ScriptedChatModel(script=["hi"], usage={"input_tokens": 1000, "output_tokens": 100})
+    meter = _meter()
+    reply = await metered_call(meter, model, [HumanMessage("hello")], max_output_tokens=50)
+    assert reply.content == "hi" and len(model.calls) == 1
+    assert meter.calls == 1 and meter.estimated_calls == 0
+    assert meter.spent_usd == pytest.approx((1000 * 5 + 100 * 25) / 1e6)
+
+
+async def test_metered_call_charges_a_failed_call_at_the_estimate_and_reraises():
+    from langchain_core.messages import HumanMessage
+
+    from homespun.engines.cost import estimate_tokens, metered_call, metered_call_sync
+    from homespun.engines.testing import ScriptedChatModel
+
+    def boom(_messages):
+        raise ConnectionError("reset by peer")
+
+    messages = [HumanMessage("x" * 400)]
+    expected = _meter().cost(estimate_tokens(messages), 2048)
+    model = ScriptedChatModel(script=[boom, boom])
+    meter = _meter()
+    with pytest.raises(ConnectionError, match="reset by peer"):
+        await metered_call(meter, model, messages, max_output_tokens=2048)
+    assert len(model.calls) == 1  # it was called ...
+    assert meter.calls == meter.estimated_calls == 1  # ... and is never free
+    assert meter.spent_usd == pytest.approx(expected)
+    with pytest.raises(ConnectionError):
+        metered_call_sync(meter, model, messages, max_output_tokens=2048)
+    assert meter.calls == 2 and meter.spent_usd == pytest.approx(2 * expected)
+
+
+async def test_metered_call_over_budget_never_invokes_the_model():
+    from langchain_core.messages import HumanMessage
+
+    from homespun.engines.cost import metered_call
+    from homespun.engines.testing import ScriptedChatModel
+
+    model = ScriptedChatModel(script=["hi"])
+    # The model's default 4096 output tokens at $25/M: $0.10, over the $0.01 cap.
+    meter = CostMeter(session_cap_usd=0.01, total_cap_usd=10.0, model="claude-opus-4-6")
+    with pytest.raises(BudgetExceeded, match="session budget"):
+        await metered_call(meter, model, [HumanMessage("hello")])
+    assert model.calls == [] and meter.calls == 0 and meter.spent_usd == 0.0
+
+
+async def test_teacher_reruns_meter_every_call_including_bound_tools_and_failures():
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool as make_tool
+
+    from homespun.engines.cost import estimate_tokens
+    from homespun.engines.testing import ScriptedChatModel
+    from homespun.learning.teacher_runs import MeteredChatModel
+
+    @make_tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        return query
+
+    def boom(_messages):
+        raise TimeoutError("slow teacher")
+
+    inner = ScriptedChatModel(script=["ok", boom])
+    meter = _meter()
+    model = MeteredChatModel(inner=inner, meter=meter).bind_tools([lookup])
+    messages = [HumanMessage("hello")]
+    assert (await model.ainvoke(messages)).content == "ok"
+    assert inner.calls[0]["tools"] == ["lookup"] and meter.calls == 1
+    spent = meter.spent_usd
+    with pytest.raises(TimeoutError):
+        model.invoke(messages)
+    assert meter.calls == 2 and meter.estimated_calls == 1
+    assert meter.spent_usd - spent == pytest.approx(
+        meter.cost(estimate_tokens(messages, [lookup]), 1024))

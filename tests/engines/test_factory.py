@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -15,6 +13,7 @@ from homespun.engines.testing import ScriptedChatModel
 from homespun.graphs.runner import run_assistant
 from homespun.stores.traces import TraceStore
 from homespun.spec import Spec
+from tests.stubs import chat_api
 
 
 def _spec(backend: str, **engine) -> Spec:
@@ -31,57 +30,20 @@ def _spec(backend: str, **engine) -> Spec:
     return spec
 
 
-_ANTHROPIC_REPLY = {
-    "id": "m", "type": "message", "role": "assistant", "model": "some-model",
-    "content": [{"type": "text", "text": "pong"}], "stop_reason": "end_turn",
-    "usage": {"input_tokens": 3, "output_tokens": 2},
-}
-
-
-class _OpenAIStub(BaseHTTPRequestHandler):
-    """A loopback stand-in for OpenAI-style and Anthropic HTTP APIs (their SDKs use httpx2,
-    which respx does not patch)."""
-
-    bodies: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append({"body": body, "auth": self.headers.get("Authorization"),
-                                  "x-api-key": self.headers.get("x-api-key"),
-                                  "path": self.path, "headers": dict(self.headers)})
-        reply = _ANTHROPIC_REPLY if self.path.endswith("/messages") else {
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": '{"answer": "pong"}'}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def openai_stub():
-    _OpenAIStub.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIStub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", _OpenAIStub.bodies
-    server.shutdown()
+def openai_stub(http_stub):
+    """(base URL, recorded requests) of a loopback stand-in for OpenAI-style and Anthropic
+    HTTP APIs (their SDKs use httpx2, which respx does not patch)."""
+    http_stub.handler = chat_api("pong")
+    return http_stub.url("/v1"), http_stub.requests
 
 
 def test_openai_compatible_request_carries_every_generation_field(settings, openai_stub):
-    url, bodies = openai_stub
+    url, requests = openai_stub
     model = build_chat_model(_spec("openai_compatible", base_url=url), settings)
     reply = model.invoke("ping")
     assert reply.content == "pong"
-    body = bodies[0]["body"]
+    body = requests[0].json
     assert body["model"] == "some-model"
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     assert (body["temperature"], body["top_p"], max_tokens, body["seed"]) == (0.3, 0.8, 99, 7)
@@ -90,13 +52,13 @@ def test_openai_compatible_request_carries_every_generation_field(settings, open
 
 
 def test_openai_backend_uses_the_key_from_the_named_env_var(settings, openai_stub, monkeypatch):
-    url, bodies = openai_stub
+    url, requests = openai_stub
     monkeypatch.setenv("MY_OPENAI_KEY", "sk-test-123")
     spec = _spec("openai", base_url=url, api_key_env="MY_OPENAI_KEY",
                  tool_call_format="native")
     build_chat_model(spec, settings).invoke("ping")
-    assert bodies[0]["auth"] == "Bearer sk-test-123"
-    assert "top_k" not in bodies[0]["body"]  # OpenAI's API has no top_k ...
+    assert requests[0].headers["authorization"] == "Bearer sk-test-123"
+    assert "top_k" not in requests[0].json  # OpenAI's API has no top_k ...
     assert unsupported_fields(spec) == ("top_k", "repeat_penalty")  # ... and we say so
 
 
@@ -124,17 +86,18 @@ def test_ollama_request_carries_every_generation_field(settings):
 
 
 def test_anthropic_request_carries_its_generation_fields(settings, openai_stub, monkeypatch):
-    url, bodies = openai_stub
+    url, requests = openai_stub
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
     spec = _spec("anthropic", tool_call_format="native", base_url=url.removesuffix("/v1"))
     assert build_chat_model(spec, settings).invoke("ping").content == "pong"
-    body = bodies[0]["body"]
-    assert bodies[0]["path"] == "/v1/messages"
+    body = requests[0].json
+    assert requests[0].path == "/v1/messages"
     assert (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"]) == (
         0.3, 0.8, 17, 99)
     # anthropic 2.x sends the key as a bearer token, 1.x as x-api-key
-    assert "sk-ant-test" in (bodies[0]["x-api-key"], (bodies[0]["auth"] or "").removeprefix(
-        "Bearer "))
+    headers = requests[0].headers
+    assert "sk-ant-test" in (headers.get("x-api-key"),
+                             headers.get("authorization", "").removeprefix("Bearer "))
     assert unsupported_fields(spec) == ("seed", "repeat_penalty")
 
 

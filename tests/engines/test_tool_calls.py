@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +25,7 @@ from langchain_core.tools import tool
 from pydantic import Field
 
 from homespun.engines.tool_calls import ToolCallingChatModel, recover_tool_calls
+from tests.stubs import RecordedRequest, RecordingStub, Reply, chat_completion, sse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -584,87 +583,55 @@ def test_constrained_stream_cut_off_reports_parse_error() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class _OpenAIStub(BaseHTTPRequestHandler):
-    """Answers /v1/chat/completions with a reply cut off by max_tokens; records request bodies."""
+_CUT_OFF = '{"answer": "It is'
 
-    bodies: ClassVar[list[dict[str, Any]]] = []
-    content = '{"answer": "It is'
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append(body)
-        usage = {"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24}
-        if body.get("stream"):
-            events = [
-                {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion.chunk",
-                    "created": 1,
-                    "model": "local",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": piece},
-                            "finish_reason": None,
-                        }
-                    ],
-                }
-                for piece in _split_everywhere(self.content, 4)
-            ]
-            events.append(
-                {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion.chunk",
-                    "created": 1,
-                    "model": "local",
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
-                    "usage": usage,
-                }
-            )
-            payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-            self._send(payload.encode(), "text/event-stream")
-            return
-        reply = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "local",
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "length",
-                    "message": {"role": "assistant", "content": self.content},
-                }
-            ],
-            "usage": usage,
-        }
-        self._send(json.dumps(reply).encode(), "application/json")
-
-    def _send(self, data: bytes, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+def _cut_off_reply(request: RecordedRequest) -> Reply | dict[str, Any]:
+    """Answers /v1/chat/completions with a reply cut off by max_tokens, streamed or not."""
+    usage = {"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24}
+    if (request.json or {}).get("stream"):
+        events: list[dict[str, Any]] = [
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "local",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": piece},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+            for piece in _split_everywhere(_CUT_OFF, 4)
+        ]
+        events.append(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "local",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                "usage": usage,
+            }
+        )
+        return sse(events)
+    return chat_completion(
+        _CUT_OFF, model="local", finish_reason="length", usage=(20, 4), id="chatcmpl-1", created=1
+    )
 
 
 @pytest.fixture
-def openai_stub() -> Iterator[str]:
-    _OpenAIStub.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIStub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+def openai_stub(http_stub: RecordingStub) -> str:
+    """Base URL of a loopback OpenAI API giving cut-off replies; bodies in http_stub.bodies."""
+    http_stub.handler = _cut_off_reply
+    return http_stub.url("/v1")
 
 
-def test_chatopenai_gets_schema_in_body_and_cut_off_reply_does_not_raise(openai_stub: str) -> None:
+def test_chatopenai_gets_schema_in_body_and_cut_off_reply_does_not_raise(
+    openai_stub: str, http_stub: RecordingStub
+) -> None:
     from langchain_openai import ChatOpenAI
 
     inner = ChatOpenAI(
@@ -683,7 +650,7 @@ def test_chatopenai_gets_schema_in_body_and_cut_off_reply_does_not_raise(openai_
     assert reply.response_metadata["finish_reason"] == "length"
     assert reply.usage_metadata["total_tokens"] == 24
 
-    body = _OpenAIStub.bodies[0]
+    body = http_stub.bodies[0]
     assert "tools" not in body
     assert body["top_k"] == 40  # the model's own extra_body survives
     schema = body["response_format"]["json_schema"]["schema"]
@@ -694,7 +661,7 @@ def test_chatopenai_gets_schema_in_body_and_cut_off_reply_does_not_raise(openai_
     merged = sum(chunks[1:], chunks[0])
     assert merged.content == "It is"
     assert "tool_call_parse_error" in merged.response_metadata
-    assert _OpenAIStub.bodies[1]["response_format"] == body["response_format"]
+    assert http_stub.bodies[1]["response_format"] == body["response_format"]
 
 
 @respx.mock

@@ -126,6 +126,10 @@ async def test_langgraph_dev_runs_the_assistant_with_mcp_tools(settings, model_p
                         (await client.assistants.get_graph(
                             assistants["search"]["assistant_id"]))["nodes"]}
         assert {"diagnose", "plan", "execute", "gate"} <= search_nodes
+        # Studio's form for a search run's context: the JSON its factory's graph takes.
+        search_context = (await client.assistants.get_schemas(
+            assistants["search"]["assistant_id"]))["context_schema"]
+        assert {"benchmark", "proposer"} <= set(search_context["properties"]), search_context
 
         thread = await client.threads.create()
         final = await asyncio.wait_for(client.runs.wait(

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from homespun.learning.training.data import (
 )
 from homespun.spec import Spec, SpecError, parse_spec, render_spec, spec_from_data
 from tests.conftest import test_models_dir
+from tests.stubs import chat_api
 
 # --------------------------------------------------------------------------- helpers
 
@@ -38,40 +37,12 @@ def _with_adapter(spec: Spec, path: Path, sha256: str, scale: float = 1.0) -> Sp
     return spec_from_data(data)
 
 
-class _ChatStub(BaseHTTPRequestHandler):
-    """A loopback OpenAI-style server that records request bodies and always answers."""
-
-    bodies: list[dict] = []
-    answer = "pong"
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append(body)
-        reply = {
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": json.dumps({"answer": type(self).answer})}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def chat_stub():
-    _ChatStub.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatStub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", _ChatStub.bodies
-    server.shutdown()
+def chat_stub(http_stub):
+    """(base URL, recorded request bodies) of a loopback OpenAI-style server answering
+    "pong"; a test reaches the server itself through `http_stub`."""
+    http_stub.handler = chat_api("pong")
+    return http_stub.url("/v1"), http_stub.bodies
 
 
 def _stub_spec(url: str, **agent) -> Spec:
@@ -194,12 +165,13 @@ def lookup_capital(country: str) -> str:
 
 
 @pytest.mark.parametrize("loop,tools", [("simple", []), ("react", [lookup_capital])])
-async def test_examples_are_exactly_what_the_runtime_sends(settings, chat_stub, loop, tools):
+async def test_examples_are_exactly_what_the_runtime_sends(settings, chat_stub, http_stub, loop,
+                                                           tools):
     """The training prompt is the request the model gets at inference, message for message
     (system prompt, few-shot turns, tool catalog), and the target is the JSON it decodes."""
     url, bodies = chat_stub
     spec = _stub_spec(url, loop=loop)
-    _ChatStub.answer = "Ahoy! The answer is Lima."
+    http_stub.handler = chat_api("Ahoy! The answer is Lima.")
     result = await run_assistant(spec, settings, "What is the capital of Peru?", tools=tools,
                                  persist=False)
     assert result.answer == "Ahoy! The answer is Lima."

@@ -4,7 +4,6 @@ from datetime import datetime, timedelta, timezone
 import fastmcp
 import pytest
 from fastmcp.client.transports import StdioTransport
-from fastmcp.exceptions import ToolError
 
 from homespun.mcp_servers.core import (
     CORE_TOOL_DESCRIPTIONS,
@@ -13,6 +12,7 @@ from homespun.mcp_servers.core import (
     SEARCH_FILES_MAX_HITS,
     create_core_server,
 )
+from tests.mcp_helpers import call, list_tools, refused, text
 
 
 @pytest.fixture
@@ -29,26 +29,12 @@ def server(tmp_path, workspace):
     return create_core_server(workspace=workspace, memory_db=tmp_path / "mem" / "memory.db")
 
 
-async def call(server, tool, **args):
-    async with fastmcp.Client(server) as client:
-        result = await client.call_tool(tool, args)
-    return result.content[0].text
-
-
-async def refused(server, tool, **args):
-    async with fastmcp.Client(server) as client:
-        with pytest.raises(ToolError) as info:
-            await client.call_tool(tool, args)
-    return str(info.value)
-
-
 # --------------------------------------------------------------------------- listing
 
 
 async def test_lists_exactly_the_core_tools_with_shipped_descriptions(server):
     assert server.name == "core"
-    async with fastmcp.Client(server) as client:
-        tools = {t.name: t for t in await client.list_tools()}
+    tools = await list_tools(server)
     assert set(tools) == set(CORE_TOOL_NAMES)
     for name, tool in tools.items():
         assert tool.description == CORE_TOOL_DESCRIPTIONS[name]
@@ -62,8 +48,7 @@ async def test_description_override_shows_in_list_tools(tmp_path, workspace):
         memory_db=tmp_path / "m.db",
         descriptions={"calculator": "Do math. Input like '2 + 2'."},
     )
-    async with fastmcp.Client(server) as client:
-        tools = {t.name: t.description for t in await client.list_tools()}
+    tools = {name: t.description for name, t in (await list_tools(server)).items()}
     assert tools["calculator"] == "Do math. Input like '2 + 2'."
     assert tools["think"] == CORE_TOOL_DESCRIPTIONS["think"]
 
@@ -162,8 +147,8 @@ async def test_remember_then_search_finds_it(server):
         )
         await client.call_tool("remember", {"text": "Wifi password is on the fridge"})
         found = await client.call_tool("search_memory", {"query": "who is my dentist?"})
-    assert first.content[0].text == "Remembered (id 1)"
-    assert found.content[0].text == "[1] My dentist is Dr. Okafor (health)"
+    assert text(first) == "Remembered (id 1)"
+    assert text(found) == "[1] My dentist is Dr. Okafor (health)"
 
 
 async def test_memory_persists_in_the_db_file(tmp_path, workspace):
@@ -179,7 +164,7 @@ async def test_search_memory_respects_top_k(tmp_path, workspace):
         for i in range(5):
             await client.call_tool("remember", {"text": f"gift idea {i} for mum"})
         found = await client.call_tool("search_memory", {"query": "gift"})
-    assert len(found.content[0].text.splitlines()) == 2
+    assert len(text(found).splitlines()) == 2
 
 
 async def test_search_memory_with_punctuation_and_no_hits(server):
@@ -321,7 +306,7 @@ async def test_module_runs_over_stdio(tmp_path, workspace):
         found = await client.call_tool("search_memory", {"query": "parcel"})
         todo = await client.call_tool("read_file", {"path": "notes/todo.txt"})
     assert names == set(CORE_TOOL_NAMES)
-    assert product.content[0].text == "1517"
-    assert len(found.content[0].text.splitlines()) == 1
-    assert todo.content[0].text.startswith("Buy milk")
+    assert text(product) == "1517"
+    assert len(text(found).splitlines()) == 1
+    assert text(todo).startswith("Buy milk")
     assert (tmp_path / "stdio" / "memory.db").exists()

@@ -9,10 +9,7 @@ Ollama), the messages, tools and tool descriptions a scripted model is given in 
 from __future__ import annotations
 
 import json
-import threading
-import time
 import typing
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import httpx
@@ -62,6 +59,7 @@ from homespun.spec.edits import (
     risk_tier,
 )
 from homespun.spec.models import OP_NAMES
+from tests.stubs import chat_api
 
 
 @tool
@@ -86,56 +84,12 @@ def agent_spec(loop: str = "react", **agent) -> Spec:
 # --------------------------------------------------------------------------- loopback engine
 
 
-class _OpenAIStub(BaseHTTPRequestHandler):
-    """A loopback OpenAI-style chat-completions API that records request bodies."""
-
-    bodies: list[dict] = []
-    delay_s: float = 0.0
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append(body)
-        if type(self).delay_s:
-            time.sleep(type(self).delay_s)
-        reply = {
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": '{"answer": "pong"}'}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-        }
-        data = json.dumps(reply).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:  # the client gave up (timeout test)
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass
-
-
 @pytest.fixture
-def engine():
-    """(base_url, recorded request bodies) of a loopback OpenAI-compatible server."""
-    _OpenAIStub.bodies = []
-    _OpenAIStub.delay_s = 0.0
-    server = _QuietServer(("127.0.0.1", 0), _OpenAIStub)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", _OpenAIStub.bodies
-    server.shutdown()
-    server.server_close()
+def engine(http_stub):
+    """(base_url, recorded request bodies) of a loopback OpenAI-compatible server; a test
+    reaches the server itself through `http_stub`."""
+    http_stub.handler = chat_api("pong")
+    return http_stub.url("/v1"), http_stub.bodies
 
 
 def http_spec(base_url: str, **engine_fields) -> Spec:
@@ -232,9 +186,9 @@ async def test_set_engine_param_tool_call_format_switches_the_wire_protocol(sett
     assert again["response_format"]["type"] == "json_schema" and "tools" not in again
 
 
-async def test_set_engine_param_timeout_s_bounds_each_model_call(settings, engine):
+async def test_set_engine_param_timeout_s_bounds_each_model_call(settings, engine, http_stub):
     url, bodies = engine
-    _OpenAIStub.delay_s = 0.6
+    http_stub.delay_s = 0.6
     spec = http_spec(url)
     await engine_request(spec, settings, bodies)  # 300 s is plenty for a 0.6 s reply
     edited = apply(spec, SetEngineParam(param="timeout_s", value=0.15))

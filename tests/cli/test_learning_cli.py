@@ -12,8 +12,8 @@ from homespun.stores.learning import LearningStore
 from homespun.spec import load_spec, save_spec
 from homespun.spec.models import OP_NAMES
 
-from .test_search_session import teacher_script
-from .toy import ToyBenchmark
+from tests.graphs.test_search_session import teacher_script
+from tests.learning.toy import ToyBenchmark
 
 runner = CliRunner()
 
@@ -48,7 +48,7 @@ def test_rollback_without_edits_says_so(home, settings):
 
 
 def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
-    from .toy import StudentFactory
+    from tests.learning.toy import StudentFactory
 
     bench = ToyBenchmark()
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
@@ -82,7 +82,7 @@ def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
 
 
 def test_bench_run_prints_a_per_category_table(home, settings, monkeypatch):
-    from .toy import StudentFactory
+    from tests.learning.toy import StudentFactory
 
     bench = ToyBenchmark()
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)

@@ -20,7 +20,7 @@ from homespun.stores.checkpoints import CheckpointRepo
 from homespun.stores.learning import LearningStore
 from homespun.spec import load_spec
 
-from .toy import StudentFactory, ToyBenchmark
+from tests.learning.toy import StudentFactory, ToyBenchmark
 
 PROPOSALS = [
     {"target_cluster": "recall", "rationale": "more memories per search",

@@ -15,19 +15,13 @@ from homespun.learning.tasks import Task
 from homespun.engines.providers import build_teacher
 from homespun.spec import load_spec
 
+from tests.learning.toy import CATEGORIES, StudentFactory, ToyBenchmark
+from tests.stubs import anthropic_text, anthropic_tool_use
+
 from .test_search_session import PROPOSALS
-from tests.engines.test_cost import _anthropic_tool_use, stub  # noqa: F401 - pytest fixture
-from .toy import CATEGORIES, StudentFactory, ToyBenchmark
 
 EMAIL, PHONE, KEY = "ada.lovelace@example.org", "+1 415 555 0134", \
     "sk-ant-api03-Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm"
-
-
-def _anthropic_text(text: str, usage: tuple[int, int]) -> tuple[int, dict]:
-    return 200, {"id": "msg_t", "type": "message", "role": "assistant",
-                 "model": "claude-opus-4-6", "content": [{"type": "text", "text": text}],
-                 "stop_reason": "end_turn", "stop_sequence": None,
-                 "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
 
 
 class PrivateToy(ToyBenchmark):
@@ -57,8 +51,8 @@ class PrivateStudent(StudentFactory):
 
 
 async def test_session_with_the_anthropic_client_never_sends_private_data(
-        settings, stub, monkeypatch):  # noqa: F811 - the fixture
-    url, server = stub
+        settings, http_stub, monkeypatch):
+    url, server = http_stub.base_url, http_stub
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
     bench = PrivateToy()
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
@@ -69,9 +63,9 @@ async def test_session_with_the_anthropic_client_never_sends_private_data(
         {"id": "recall", "name": "recall misses", "categories": ["recall"],
          "skill_gap": "memory search too narrow"}], "summary": "two clusters"}
     server.replies = [
-        _anthropic_tool_use("report_diagnosis", report, (1200, 300)),
-        *[_anthropic_text("I cannot tell.", (100, 10)) for _ in range(4)],  # teacher re-runs
-        _anthropic_tool_use("submit_proposals", {"proposals": PROPOSALS[:2]}, (1500, 400)),
+        anthropic_tool_use("report_diagnosis", report, (1200, 300)),
+        *[anthropic_text("I cannot tell.", (100, 10)) for _ in range(4)],  # teacher re-runs
+        anthropic_tool_use("submit_proposals", {"proposals": PROPOSALS[:2]}, (1500, 400)),
     ]
     teacher = build_teacher("anthropic:claude-opus-4-6", base_url=url)
     result = await search_loop.run_search(settings, benchmark="toy", proposer="llm",
@@ -83,7 +77,7 @@ async def test_session_with_the_anthropic_client_never_sends_private_data(
     assert load_spec(settings.spec_path).memory.top_k == 9
 
     assert len(server.bodies) == 6  # diagnosis, 4 teacher re-runs, proposals
-    sent = "\n".join(b["raw"] for b in server.bodies)
+    sent = "\n".join(r.raw for r in server.requests)
     assert "no idea" in sent  # the failing traces were really shown to the teacher ...
     for secret in (EMAIL, PHONE, KEY, "415 555", "ada.lovelace"):
         assert secret not in sent  # ... with their private data scrubbed
