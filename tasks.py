@@ -32,7 +32,8 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    # tasks.py runs under whatever python3 is first on PATH, before the venv exists.
+    if sys.version_info < (3, 11):  # noqa: UP036
         sys.exit(f"homespun needs Python >= 3.11; this is {sys.version.split()[0]}")
     if PY.exists():
         return

@@ -33,13 +33,18 @@ class SyntheticBenchmark:
     version = "1"
 
     def tasks(self) -> list[Task]:
-        return [Task(id=f"{c}-{i}", query=f"{c}:{i}", category=c, gold="ok")
-                for c in CATEGORIES for i in range(10)]
+        return [
+            Task(id=f"{c}-{i}", query=f"{c}:{i}", category=c, gold="ok")
+            for c in CATEGORIES
+            for i in range(10)
+        ]
 
     @asynccontextmanager
     async def environment(self, task, spec, settings):
-        yield SimpleEnvironment(tools=[], grader=lambda tr: Grade(tr.final_answer == "ok",
-                                                                  float(tr.final_answer == "ok")))
+        yield SimpleEnvironment(
+            tools=[],
+            grader=lambda tr: Grade(tr.final_answer == "ok", float(tr.final_answer == "ok")),
+        )
 
 
 def student(spec: Spec) -> ScriptedChatModel:
@@ -49,9 +54,15 @@ def student(spec: Spec) -> ScriptedChatModel:
     def reply(messages):
         q = next(m.content for m in reversed(messages) if isinstance(m, HumanMessage))
         category, i = q.split(":")
-        knob = (len(spec.agent.system_prompt) + spec.intelligence.top_k
-                + int(spec.intelligence.temperature * 10) + spec.memory.top_k
-                + len(spec.agent.few_shot) * 7 + CATEGORIES.index(category) * 3 + int(i))
+        knob = (
+            len(spec.agent.system_prompt)
+            + spec.intelligence.top_k
+            + int(spec.intelligence.temperature * 10)
+            + spec.memory.top_k
+            + len(spec.agent.few_shot) * 7
+            + CATEGORIES.index(category) * 3
+            + int(i)
+        )
         return "ok" if knob % 3 else "no"
 
     return ScriptedChatModel(script=[reply] * 20)
@@ -67,8 +78,12 @@ async def main(sessions: int, proposals: int) -> None:
     def on_event(event: str, data: dict) -> None:
         nonlocal decisions, gate_tasks
         if event == "evaluate_done":
-            key = "gate" if data["label"].startswith("gate: proposal") or \
-                data["label"] == "gate: current spec" else "other"
+            key = (
+                "gate"
+                if data["label"].startswith("gate: proposal")
+                or data["label"] == "gate: current spec"
+                else "other"
+            )
             runs[key] += data["runs"]
         elif event == "evaluate_start" and data["label"].startswith("gate: proposal"):
             gate_tasks = data["tasks"]
@@ -92,16 +107,28 @@ async def main(sessions: int, proposals: int) -> None:
         repo = CheckpointRepo(settings.home, settings.spec_path)
         repo.repo.index.add(["spec.toml"])
         repo.repo.index.commit("benchmark settings")
-        await search_loop.run_search(settings, benchmark="synthetic", proposer="random",
-                                     sessions=sessions, student=student, on_event=on_event)
+        await search_loop.run_search(
+            settings,
+            benchmark="synthetic",
+            proposer="random",
+            sessions=sessions,
+            student=student,
+            on_event=on_event,
+        )
     naive = 2 * gate_tasks * decisions
     ours = runs["gate"]
-    print(f"sessions={sessions} proposals/session<={proposals} gate decisions={decisions} "
-          f"gate tasks per evaluation={gate_tasks}")
-    print(f"naive student task-evaluations (both specs every decision): {naive} "
-          f"({naive / max(decisions, 1):.1f} per decision)")
-    print(f"homespun (cached by spec hash, task, repeat):               {ours} "
-          f"({ours / max(decisions, 1):.1f} per decision)")
+    print(
+        f"sessions={sessions} proposals/session<={proposals} gate decisions={decisions} "
+        f"gate tasks per evaluation={gate_tasks}"
+    )
+    print(
+        f"naive student task-evaluations (both specs every decision): {naive} "
+        f"({naive / max(decisions, 1):.1f} per decision)"
+    )
+    print(
+        f"homespun (cached by spec hash, task, repeat):               {ours} "
+        f"({ours / max(decisions, 1):.1f} per decision)"
+    )
     print(f"ratio homespun / naive: {ours / max(naive, 1):.2f}")
 
 

@@ -48,15 +48,24 @@ class PingPongModel(BaseChatModel):
     def bind_tools(self, tools: Any, **kwargs: Any) -> PingPongModel:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         last = messages[-1]
         if isinstance(last, ToolMessage):
             reply = AIMessage(content=f"The answer is {last.content}.")
         else:
-            reply = AIMessage(content="", tool_calls=[{
-                "name": "multiply", "args": {"expression": "37 * 41"}, "id": "c1",
-                "type": "tool_call"}])
+            reply = AIMessage(
+                content="",
+                tool_calls=[
+                    {
+                        "name": "multiply",
+                        "args": {"expression": "37 * 41"},
+                        "id": "c1",
+                        "type": "tool_call",
+                    }
+                ],
+            )
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
@@ -98,8 +107,14 @@ async def full_run_loop(model: PingPongModel, questions: int, home: Path) -> flo
         tools = await load_mcp_tools(client.session)
         started = time.perf_counter()
         for i in range(questions):
-            res = await run_assistant(Spec(), settings, "What is 37 * 41?", model=model,
-                                      tools=tools, thread_id=f"bench-{i}")
+            res = await run_assistant(
+                Spec(),
+                settings,
+                "What is 37 * 41?",
+                model=model,
+                tools=tools,
+                thread_id=f"bench-{i}",
+            )
             assert res.answer == "The answer is 1517.", res.trace.error
         return time.perf_counter() - started
 
@@ -116,13 +131,16 @@ async def main(questions: int, repeats: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             full.append(await full_run_loop(model, questions, Path(tmp)))
     h, g, f = (statistics.median(x) / turns for x in (hand, graph, full))
-    print(f"questions={questions} turns/question={TURNS_PER_QUESTION} repeats={repeats} "
-          "(median)")
+    print(f"questions={questions} turns/question={TURNS_PER_QUESTION} repeats={repeats} (median)")
     print(f"hand-written loop, direct function call      : {h * 1e3:8.3f} ms/turn  (1.00x)")
-    print(f"react graph + in-process MCP tool             : {g * 1e3:8.3f} ms/turn  "
-          f"({g / h:.2f}x)  overhead {(g - h) * 1e3:.3f} ms/turn")
-    print(f"  + SQLite checkpoint + trace row (homespun ask): {f * 1e3:8.3f} ms/turn  "
-          f"({f / h:.2f}x)  overhead {(f - h) * 1e3:.3f} ms/turn")
+    print(
+        f"react graph + in-process MCP tool             : {g * 1e3:8.3f} ms/turn  "
+        f"({g / h:.2f}x)  overhead {(g - h) * 1e3:.3f} ms/turn"
+    )
+    print(
+        f"  + SQLite checkpoint + trace row (homespun ask): {f * 1e3:8.3f} ms/turn  "
+        f"({f / h:.2f}x)  overhead {(f - h) * 1e3:.3f} ms/turn"
+    )
 
 
 if __name__ == "__main__":

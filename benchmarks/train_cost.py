@@ -37,13 +37,24 @@ class Codeword:
     name, version = "codeword", "1"
 
     def tasks(self):
-        return [Task(id=p, query=f"What is the secret code word for the {p}?",
-                     category="codeword", gold=f"The code word is {CODE}.") for p in PLACES]
+        return [
+            Task(
+                id=p,
+                query=f"What is the secret code word for the {p}?",
+                category="codeword",
+                gold=f"The code word is {CODE}.",
+            )
+            for p in PLACES
+        ]
 
     @asynccontextmanager
     async def environment(self, task, spec, settings):
-        yield SimpleEnvironment(tools=[], grader=lambda tr: Grade(
-            CODE in (tr.final_answer or ""), float(CODE in (tr.final_answer or ""))))
+        yield SimpleEnvironment(
+            tools=[],
+            grader=lambda tr: Grade(
+                CODE in (tr.final_answer or ""), float(CODE in (tr.final_answer or ""))
+            ),
+        )
 
 
 def steps_per_second(gguf: Path, spec: Spec, threads: int, cache: Path) -> float:
@@ -53,8 +64,13 @@ def steps_per_second(gguf: Path, spec: Spec, threads: int, cache: Path) -> float
     for steps in (2, 8):
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            run_training_subprocess(gguf, examples, Path(tmp) / "out",
-                                    TrainConfig(steps=steps, threads=threads), cache_dir=cache)
+            run_training_subprocess(
+                gguf,
+                examples,
+                Path(tmp) / "out",
+                TrainConfig(steps=steps, threads=threads),
+                cache_dir=cache,
+            )
             times[steps] = time.perf_counter() - started
     return 6 / max(times[8] - times[2], 1e-9)
 
@@ -66,8 +82,12 @@ async def gate_decision(spec: Spec, settings: Settings, proposal: Proposal) -> f
     started = time.perf_counter()
     if any(isinstance(o, TrainLora) for o in proposal.ops):
         proposal = await asyncio.to_thread(
-            train_for_proposal, proposal, spec=spec, settings=settings,
-            pairs=[(t.query, t.gold) for t in search])
+            train_for_proposal,
+            proposal,
+            spec=spec,
+            settings=settings,
+            pairs=[(t.query, t.gold) for t in search],
+        )
     candidate = apply_proposal(spec, proposal)
     await evaluate(candidate, settings, bench, held_out)
     return time.perf_counter() - started
@@ -83,13 +103,18 @@ async def main(steps: int) -> None:
         # warm the dequantised-model cache once, so neither measurement pays for it
         steps_per_second(gguf, spec, 2, cache)
         rates = {t: steps_per_second(gguf, spec, t, cache) for t in (1, 2)}
-        print(f"LoRA training steps/s (SmolLM2-135M, batch 8): 1 thread {rates[1]:.3f}, "
-              f"2 threads {rates[2]:.3f} ({rates[2] / rates[1]:.2f}x)")
+        print(
+            f"LoRA training steps/s (SmolLM2-135M, batch 8): 1 thread {rates[1]:.3f}, "
+            f"2 threads {rates[2]:.3f} ({rates[2] / rates[1]:.2f}x)"
+        )
         await evaluate(spec, settings, Codeword(), Codeword().tasks()[4:])  # warm the engine
-        prompt = Proposal(target_cluster="codeword", ops=[PatchSystemPrompt(
-            mode="append", text=f"The secret code word is {CODE}.")])
-        train = Proposal(target_cluster="codeword", ops=[TrainLora(steps=steps,
-                                                                   learning_rate=0.002)])
+        prompt = Proposal(
+            target_cluster="codeword",
+            ops=[PatchSystemPrompt(mode="append", text=f"The secret code word is {CODE}.")],
+        )
+        train = Proposal(
+            target_cluster="codeword", ops=[TrainLora(steps=steps, learning_rate=0.002)]
+        )
         t_prompt = await gate_decision(spec, settings, prompt)
         t_train = await gate_decision(spec, settings, train)
         print(f"one prompt-edit gate decision: {t_prompt:.1f} s")

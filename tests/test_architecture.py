@@ -21,14 +21,18 @@ LINT = Path(sys.executable).with_name("lint-imports")
 
 def _lint(root: Path, src: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    return subprocess.run([str(LINT), "--no-cache"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT), "--no-cache"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
 def tree_copy(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "src" / "homespun", tmp_path / "src" / "homespun",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "src" / "homespun",
+        tmp_path / "src" / "homespun",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -41,9 +45,13 @@ def test_the_layers_and_the_private_rule_hold():
 
 def test_a_lazy_import_of_a_higher_layer_breaks_the_layers_contract(tree_copy: Path):
     hardware = tree_copy / "src" / "homespun" / "engines" / "hardware.py"
-    hardware.write_text(hardware.read_text() + (
-        "\n\ndef _reach_up():\n    from homespun.graphs.runner import run_assistant\n"
-        "    return run_assistant\n"))
+    hardware.write_text(
+        hardware.read_text()
+        + (
+            "\n\ndef _reach_up():\n    from homespun.graphs.runner import run_assistant\n"
+            "    return run_assistant\n"
+        )
+    )
     result = _lint(tree_copy, tree_copy / "src")
     assert result.returncode != 0
     assert "homespun.engines is not allowed to import homespun.graphs.runner" in result.stdout

@@ -13,16 +13,16 @@ import pytest
 from fastmcp.client.transports import StdioTransport
 from typer.testing import CliRunner
 
-from homespun.cli._mcp import mcp_app
-from homespun.home import init_home
 from homespun.channels.mcp_clients import (
     ClientConfigError,
     default_config_path,
     install_entry,
     server_entry,
 )
-from homespun.stores.memory import MemoryStore
+from homespun.cli._mcp import mcp_app
+from homespun.home import init_home
 from homespun.spec import Settings
+from homespun.stores.memory import MemoryStore
 from tests.mcp_helpers import text
 
 runner = CliRunner()
@@ -31,8 +31,12 @@ runner = CliRunner()
 def _unwrapped(text: str) -> str:
     return "".join(text.split())  # rich folds long paths at the terminal width
 
-OTHER = {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"],
-         "env": {"API_KEY": "secret"}}
+
+OTHER = {
+    "command": "npx",
+    "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"],
+    "env": {"API_KEY": "secret"},
+}
 
 
 def _write(path: Path, document) -> str:
@@ -113,8 +117,9 @@ def test_print_writes_nothing(tmp_path, monkeypatch):
     assert not fresh.parent.exists()
 
 
-@pytest.mark.parametrize("content", ['{"mcpServers": {"files": ', "[1, 2]",
-                                     '{"mcpServers": ["x"]}'])
+@pytest.mark.parametrize(
+    "content", ['{"mcpServers": {"files": ', "[1, 2]", '{"mcpServers": ["x"]}']
+)
 def test_invalid_config_is_refused_and_left_alone(tmp_path, monkeypatch, content):
     monkeypatch.setenv("HOMESPUN_HOME", str(tmp_path / "h"))
     config = tmp_path / "claude_desktop_config.json"
@@ -140,12 +145,17 @@ def test_an_empty_file_or_none_becomes_a_fresh_config(tmp_path):
 def test_default_locations_per_client_and_os(tmp_path):
     u = tmp_path / "user"
     assert default_config_path("claude-desktop", platform="darwin", user_home=u) == (
-        u / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json")
+        u / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"
+    )
     assert default_config_path("claude-desktop", platform="linux", user_home=u, environ={}) == (
-        u / ".config" / "Claude" / "claude_desktop_config.json")
-    assert default_config_path("claude-desktop", platform="win32", user_home=u,
-                               environ={"APPDATA": str(tmp_path / "Roaming")}) == (
-        tmp_path / "Roaming" / "Claude" / "claude_desktop_config.json")
+        u / ".config" / "Claude" / "claude_desktop_config.json"
+    )
+    assert default_config_path(
+        "claude-desktop",
+        platform="win32",
+        user_home=u,
+        environ={"APPDATA": str(tmp_path / "Roaming")},
+    ) == (tmp_path / "Roaming" / "Claude" / "claude_desktop_config.json")
     assert default_config_path("cursor", user_home=u) == u / ".cursor" / "mcp.json"
     assert default_config_path("vscode", cwd=tmp_path) == tmp_path / ".vscode" / "mcp.json"
 
@@ -154,11 +164,14 @@ def test_explicit_settings_travel_with_the_entry(tmp_path, monkeypatch):
     monkeypatch.setenv("HOMESPUN_HOME", str(tmp_path / "h"))
     monkeypatch.setenv("HOMESPUN_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.delenv("HOMESPUN_SPEC", raising=False)
-    res = runner.invoke(mcp_app, ["install", "cursor", "--config", str(tmp_path / "m.json"),
-                                  "--print"])
+    res = runner.invoke(
+        mcp_app, ["install", "cursor", "--config", str(tmp_path / "m.json"), "--print"]
+    )
     env = json.loads(res.stdout)["mcpServers"]["homespun"]["env"]
-    assert env == {"HOMESPUN_HOME": str(tmp_path / "h"),
-                   "HOMESPUN_MODELS_DIR": str(tmp_path / "models")}
+    assert env == {
+        "HOMESPUN_HOME": str(tmp_path / "h"),
+        "HOMESPUN_MODELS_DIR": str(tmp_path / "models"),
+    }
 
 
 async def test_the_installed_entry_starts_a_working_server(tmp_path):
@@ -172,8 +185,9 @@ async def test_the_installed_entry_starts_a_working_server(tmp_path):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    transport = StdioTransport(command=entry["command"], args=entry["args"], env=env,
-                               cwd=str(elsewhere))
+    transport = StdioTransport(
+        command=entry["command"], args=entry["args"], env=env, cwd=str(elsewhere)
+    )
     async with fastmcp.Client(transport, timeout=120) as client:
         names = {t.name for t in await client.list_tools()}
         found = await client.call_tool("search_memory", {"query": "birthday"})

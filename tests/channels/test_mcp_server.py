@@ -18,9 +18,6 @@ from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 from typer.testing import CliRunner
 
-from homespun.cli._mcp import mcp_app, parse_host_port
-from homespun.home import init_home
-from homespun.stores.traces import TraceStore
 from homespun.channels.mcp_server import (
     RemoteBindRefused,
     create_assistant_server,
@@ -29,8 +26,11 @@ from homespun.channels.mcp_server import (
     thread_id_for_session,
     token_path,
 )
-from homespun.stores.memory import MemoryStore
+from homespun.cli._mcp import mcp_app, parse_host_port
+from homespun.home import init_home
 from homespun.spec import Settings, load_spec, save_spec
+from homespun.stores.memory import MemoryStore
+from homespun.stores.traces import TraceStore
 from tests.conftest import test_models_dir
 from tests.mcp_helpers import list_tools, text
 
@@ -80,8 +80,9 @@ async def test_failed_ask_is_a_tool_error_with_its_trace_and_one_thread_per_sess
         with pytest.raises(ToolError) as third:
             await other_session.call_tool("ask", {"question": "Hello?"})
 
-    ids = [re.search(r"trace ([0-9a-f]{12})", str(e.value)).group(1)
-           for e in (first, second, third)]
+    ids = [
+        re.search(r"trace ([0-9a-f]{12})", str(e.value)).group(1) for e in (first, second, third)
+    ]
     assert "missing-a.gguf" in str(first.value) and "missing-b.gguf" in str(second.value)
     traces = [store.get(i) for i in ids]
     assert [t.status for t in traces] == ["error"] * 3
@@ -116,8 +117,15 @@ async def test_search_memory_returns_matches_as_data(settings):
 
 async def test_give_feedback_records_and_errors_name_the_fix(settings):
     store = TraceStore(settings.traces_db)
-    trace = store.start(query="q", spec_hash="h", thread_id="t", loop="simple", model="m",
-                        backend="embedded", source="mcp")
+    trace = store.start(
+        query="q",
+        spec_hash="h",
+        thread_id="t",
+        loop="simple",
+        model="m",
+        backend="embedded",
+        source="mcp",
+    )
     async with fastmcp.Client(create_assistant_server(settings)) as client:
         ok = await client.call_tool("give_feedback", {"trace_id": trace.id, "value": "up"})
         assert "recorded" in text(ok)
@@ -146,14 +154,17 @@ async def test_stdio_server_answers_with_the_embedded_model_on_one_thread(tmp_pa
     home = tmp_path / "home"
     init_home(Settings(home=home))
     transport = StdioTransport(
-        command=sys.executable, args=["-m", "homespun.cli", "mcp", "serve"],
-        env=_server_env(home), cwd=str(tmp_path),
+        command=sys.executable,
+        args=["-m", "homespun.cli", "mcp", "serve"],
+        env=_server_env(home),
+        cwd=str(tmp_path),
     )
     async with fastmcp.Client(transport, timeout=600) as client:
         first = await client.call_tool("ask", {"question": "What is 37 * 41? Use the calculator."})
         first_text = text(first)
-        second = await client.call_tool("ask", {"question": "Thanks! And what is 2 + 2?"},
-                                        raise_on_error=False)
+        second = await client.call_tool(
+            "ask", {"question": "Thanks! And what is 2 + 2?"}, raise_on_error=False
+        )
         second_text = text(second)
 
     match = TRACE_LINE.search(first_text)
@@ -189,7 +200,10 @@ def http_server(tmp_path):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "homespun.cli", "mcp", "serve", "--http", f"127.0.0.1:{port}"],
-            env=_server_env(home), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            env=_server_env(home),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60
@@ -214,9 +228,14 @@ def http_server(tmp_path):
 
 
 _INITIALIZE = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-               "clientInfo": {"name": "test", "version": "0"}},
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "0"},
+    },
 }
 _ACCEPT = {"Accept": "application/json, text/event-stream"}
 
@@ -228,10 +247,12 @@ async def test_http_requires_the_bearer_token(http_server):
 
     async with httpx.AsyncClient() as http:
         missing = await http.post(url, json=_INITIALIZE, headers=_ACCEPT)
-        wrong = await http.post(url, json=_INITIALIZE,
-                                headers={**_ACCEPT, "Authorization": f"Bearer {token}x"})
-        right = await http.post(url, json=_INITIALIZE,
-                                headers={**_ACCEPT, "Authorization": f"Bearer {token}"})
+        wrong = await http.post(
+            url, json=_INITIALIZE, headers={**_ACCEPT, "Authorization": f"Bearer {token}x"}
+        )
+        right = await http.post(
+            url, json=_INITIALIZE, headers={**_ACCEPT, "Authorization": f"Bearer {token}"}
+        )
     assert missing.status_code == 401
     assert wrong.status_code == 401
     assert right.status_code == 200, right.text
@@ -295,12 +316,15 @@ def test_cli_serve_without_a_spec_says_run_init(settings):
     assert "homespun init" in " ".join(res.output.split())
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("127.0.0.1:9000", ("127.0.0.1", 9000)),
-    ("9000", ("127.0.0.1", 9000)),
-    ("[::1]:9000", ("::1", 9000)),
-    ("localhost", ("localhost", 8765)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9000", ("127.0.0.1", 9000)),
+        ("9000", ("127.0.0.1", 9000)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost", ("localhost", 8765)),
+    ],
+)
 def test_parse_host_port(text, expected):
     assert parse_host_port(text) == expected
 

@@ -32,8 +32,7 @@ def test_environment_wins_over_the_file(settings, monkeypatch):
 
 
 def test_read_from_a_private_file(settings):
-    write_secrets(settings, "# tokens\n\nOTHER=x\n"
-                            f"export {NAME}=\"123:abc=def\"\n")
+    write_secrets(settings, f'# tokens\n\nOTHER=x\nexport {NAME}="123:abc=def"\n')
     assert get_secret(NAME, settings) == "123:abc=def"
 
 
@@ -67,8 +66,14 @@ def test_a_malformed_line_is_an_error_that_does_not_echo_it(settings):
 
 
 def test_tokens_are_redacted_from_logs():
-    record = logging.LogRecord("httpx", logging.INFO, __file__, 1,
-                               "POST https://api.telegram.org/bot%s/getUpdates", ("123:SECRET",),
-                               None)
+    record = logging.LogRecord(
+        "httpx",
+        logging.INFO,
+        __file__,
+        1,
+        "POST https://api.telegram.org/bot%s/getUpdates",
+        ("123:SECRET",),
+        None,
+    )
     RedactingFilter(["123:SECRET"]).filter(record)
     assert record.getMessage() == "POST https://api.telegram.org/bot***/getUpdates"

@@ -17,8 +17,8 @@ from slack_sdk.web.async_client import AsyncWebClient  # noqa: E402
 from homespun.channels.common import ChannelCore  # noqa: E402
 from homespun.channels.slack import SLACK_LIMIT, build_slack_app  # noqa: E402
 from homespun.engines.testing import ScriptedChatModel  # noqa: E402
-from homespun.stores.traces import TraceStore  # noqa: E402
 from homespun.spec import Spec, save_spec  # noqa: E402
+from homespun.stores.traces import TraceStore  # noqa: E402
 from tests.stubs import RecordedRequest, RecordingStub, Reply  # noqa: E402
 
 BOT_TOKEN = "xoxb-test-token"
@@ -50,8 +50,7 @@ class SlackStub:
 
     def _handle(self, request: RecordedRequest) -> Reply:
         method, params, _ = self._call(request)
-        return Reply(self.respond(method, params),
-                     content_type="application/json; charset=utf-8")
+        return Reply(self.respond(method, params), content_type="application/json; charset=utf-8")
 
     @property
     def calls(self) -> list[tuple[str, dict, str | None]]:
@@ -59,14 +58,30 @@ class SlackStub:
 
     def respond(self, method: str, params: dict) -> dict:
         if method == "auth.test":
-            return {"ok": True, "url": "https://example.slack.com/", "team": "Example",
-                    "user": "homespun", "team_id": "T1", "user_id": BOT_USER, "bot_id": "B1"}
+            return {
+                "ok": True,
+                "url": "https://example.slack.com/",
+                "team": "Example",
+                "user": "homespun",
+                "team_id": "T1",
+                "user_id": BOT_USER,
+                "bot_id": "B1",
+            }
         if method == "chat.postMessage":
             ts = f"1700000100.{next(self._ts):06d}"
             self.sent_ts[params.get("text", "")] = ts
-            return {"ok": True, "channel": params["channel"], "ts": ts,
-                    "message": {"type": "message", "text": params.get("text", ""),
-                                "user": BOT_USER, "bot_id": "B1", "ts": ts}}
+            return {
+                "ok": True,
+                "channel": params["channel"],
+                "ts": ts,
+                "message": {
+                    "type": "message",
+                    "text": params.get("text", ""),
+                    "user": BOT_USER,
+                    "bot_id": "B1",
+                    "ts": ts,
+                },
+            }
         return {"ok": False, "error": "unknown_method"}
 
     @property
@@ -75,8 +90,11 @@ class SlackStub:
 
     def posts(self) -> list[dict]:
         """chat.postMessage calls: where and what (Bolt's client also adds team_id)."""
-        return [{k: p[k] for k in ("channel", "thread_ts", "text") if k in p}
-                for m, p, _ in self.calls if m == "chat.postMessage"]
+        return [
+            {k: p[k] for k in ("channel", "thread_ts", "text") if k in p}
+            for m, p, _ in self.calls
+            if m == "chat.postMessage"
+        ]
 
 
 @pytest.fixture
@@ -111,10 +129,16 @@ def new_ts() -> str:
 
 async def dispatch(app, event: dict) -> None:
     """Deliver an Events API envelope as Socket Mode would, then wait for the listeners."""
-    body = {"token": "verification", "team_id": "T1", "api_app_id": "A1", "event": event,
-            "type": "event_callback", "event_id": f"Ev{next(_event_ids)}",
-            "event_time": 1700000000, "authorizations": [
-                {"team_id": "T1", "user_id": BOT_USER, "is_bot": True}]}
+    body = {
+        "token": "verification",
+        "team_id": "T1",
+        "api_app_id": "A1",
+        "event": event,
+        "type": "event_callback",
+        "event_id": f"Ev{next(_event_ids)}",
+        "event_time": 1700000000,
+        "authorizations": [{"team_id": "T1", "user_id": BOT_USER, "is_bot": True}],
+    }
     response = await app.async_dispatch(AsyncBoltRequest(body=body, mode="socket_mode"))
     assert response.status == 200  # acked, so Slack will not retry
     # Bolt acks first and runs listeners as tasks; wait for them to finish.
@@ -122,10 +146,17 @@ async def dispatch(app, event: dict) -> None:
     await asyncio.wait_for(asyncio.gather(*pending), 30)
 
 
-def mention(text: str, *, user: str = OWNER, ts: str | None = None,
-            thread_ts: str | None = None) -> dict:
-    event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}",
-             "ts": ts or new_ts(), "channel": CHANNEL, "event_ts": ts}
+def mention(
+    text: str, *, user: str = OWNER, ts: str | None = None, thread_ts: str | None = None
+) -> dict:
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@{BOT_USER}> {text}",
+        "ts": ts or new_ts(),
+        "channel": CHANNEL,
+        "event_ts": ts,
+    }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
@@ -148,8 +179,7 @@ async def test_allowed_mention_is_answered_in_its_thread(slack, stub, settings):
     assert (trace.status, trace.source) == ("ok", "slack")
 
 
-async def test_reply_in_an_existing_thread_continues_that_assistant_thread(slack, stub,
-                                                                           settings):
+async def test_reply_in_an_existing_thread_continues_that_assistant_thread(slack, stub, settings):
     app, model = slack
     model.script.extend(["noted", "other thread", "Ann"])
     root, elsewhere = new_ts(), new_ts()
@@ -168,8 +198,17 @@ async def test_direct_message_is_answered(slack, stub):
     app, model = slack
     model.script.append("hello there")
     ts = new_ts()
-    await dispatch(app, {"type": "message", "channel_type": "im", "channel": "D1",
-                         "user": OWNER, "text": "hi", "ts": ts})
+    await dispatch(
+        app,
+        {
+            "type": "message",
+            "channel_type": "im",
+            "channel": "D1",
+            "user": OWNER,
+            "text": "hi",
+            "ts": ts,
+        },
+    )
     assert stub.posts() == [{"channel": "D1", "thread_ts": ts, "text": "hello there"}]
 
 
@@ -179,15 +218,23 @@ async def test_stranger_gets_nothing_and_is_logged(slack, stub, settings, caplog
 
     with caplog.at_level(logging.WARNING, logger="homespun.channels"):
         await dispatch(app, mention("tell me secrets", user=STRANGER))
-        await dispatch(app, {"type": "message", "channel_type": "im", "channel": "D2",
-                             "user": STRANGER, "text": "psst", "ts": new_ts()})
+        await dispatch(
+            app,
+            {
+                "type": "message",
+                "channel_type": "im",
+                "channel": "D2",
+                "user": STRANGER,
+                "text": "psst",
+                "ts": new_ts(),
+            },
+        )
 
     assert stub.posts() == []
     assert model.calls == []
     assert TraceStore(settings.traces_db).count() == 0
     refusals = [r.getMessage() for r in caplog.records]
-    expected = (f"refused message from user {STRANGER} on slack: "
-                "not in channels.slack.allowed_users")
+    expected = f"refused message from user {STRANGER} on slack: not in channels.slack.allowed_users"
     assert refusals.count(expected) == 2
 
 
@@ -217,15 +264,19 @@ async def test_thumbs_up_reaction_on_the_reply_sets_feedback(slack, stub, settin
     first_reply_ts = stub.sent_ts["first answer"]
 
     def reaction(name: str, user: str = OWNER) -> dict:
-        return {"type": "reaction_added", "user": user, "reaction": name,
-                "item_user": BOT_USER, "event_ts": new_ts(),
-                "item": {"type": "message", "channel": CHANNEL, "ts": first_reply_ts}}
+        return {
+            "type": "reaction_added",
+            "user": user,
+            "reaction": name,
+            "item_user": BOT_USER,
+            "event_ts": new_ts(),
+            "item": {"type": "message", "channel": CHANNEL, "ts": first_reply_ts},
+        }
 
     with caplog.at_level(logging.WARNING, logger="homespun.channels"):
         await dispatch(app, reaction("+1", user=STRANGER))
     assert store.get(traces["first answer"]).feedback is None
-    assert any(f"refused reaction from user {STRANGER}" in r.getMessage()
-               for r in caplog.records)
+    assert any(f"refused reaction from user {STRANGER}" in r.getMessage() for r in caplog.records)
 
     await dispatch(app, reaction("+1"))
     assert store.get(traces["first answer"]).feedback == 1.0

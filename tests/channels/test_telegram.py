@@ -18,8 +18,8 @@ from telegram import Update  # noqa: E402
 from homespun.channels.common import ChannelCore  # noqa: E402
 from homespun.channels.telegram import TELEGRAM_LIMIT, build_telegram_app  # noqa: E402
 from homespun.engines.testing import ScriptedChatModel  # noqa: E402
-from homespun.stores.traces import TraceStore  # noqa: E402
 from homespun.spec import Spec, save_spec  # noqa: E402
+from homespun.stores.traces import TraceStore  # noqa: E402
 
 TOKEN = "123456:TEST-telegram-token"
 API = f"https://api.telegram.org/bot{TOKEN}"
@@ -48,9 +48,13 @@ class BotAPI:
         def send_message(request: httpx.Request) -> httpx.Response:
             body = _body(request)
             self.sent.append(body)
-            result = {"message_id": next(ids), "date": 1700000000, "from": BOT,
-                      "chat": {"id": int(body["chat_id"]), "type": "private"},
-                      "text": body["text"]}
+            result = {
+                "message_id": next(ids),
+                "date": 1700000000,
+                "from": BOT,
+                "chat": {"id": int(body["chat_id"]), "type": "private"},
+                "text": body["text"],
+            }
             return httpx.Response(200, json={"ok": True, "result": result})
 
         def chat_action(request: httpx.Request) -> httpx.Response:
@@ -140,8 +144,9 @@ async def test_stranger_gets_nothing_and_is_logged(bot, settings, caplog):
     assert model.calls == []
     assert TraceStore(settings.traces_db).count() == 0
     refusals = [r.getMessage() for r in caplog.records]
-    assert (f"refused message from user {STRANGER} on telegram: "
-            "not in channels.telegram.allowed_users") in refusals
+    assert (
+        f"refused message from user {STRANGER} on telegram: not in channels.telegram.allowed_users"
+    ) in refusals
     assert any(f"refused command from user {STRANGER}" in m for m in refusals)
 
 
@@ -160,8 +165,9 @@ async def test_empty_allowlist_lets_nobody_in(bot, settings, spec_file, caplog):
 
 async def test_long_answer_arrives_in_parts_that_reassemble(bot):
     app, api, model = bot
-    paragraphs = [f"Paragraph {i}: " + ("lorem ipsum dolor sit amet " * 18).strip()
-                  for i in range(11)]
+    paragraphs = [
+        f"Paragraph {i}: " + ("lorem ipsum dolor sit amet " * 18).strip() for i in range(11)
+    ]
     answer = "\n\n".join(paragraphs)
     assert len(answer) > 5000
     model.script.append(answer)

@@ -39,8 +39,9 @@ def test_spec_show_and_diff(home, tmp_path):
     shown = runner.invoke(app, ["spec", "show"])
     assert shown.exit_code == 0 and "tool_call_format" in shown.output
     other = tmp_path / "other.toml"
-    other.write_text((home / "spec.toml").read_text().replace('loop = "react"',
-                                                              'loop = "plan_execute"'))
+    other.write_text(
+        (home / "spec.toml").read_text().replace('loop = "react"', 'loop = "plan_execute"')
+    )
     res = runner.invoke(app, ["spec", "diff", str(home / "spec.toml"), str(other)])
     assert res.exit_code == 0
     assert "agent.loop: 'react' -> 'plan_execute'" in res.output
@@ -59,8 +60,14 @@ def test_models_list_shows_the_catalog(home):
 
 def test_feedback_and_traces_show(home, settings):
     store = TraceStore(settings.traces_db)
-    t = store.start(query="what is up", spec_hash="h", thread_id="t", loop="react", model="m",
-                    backend="embedded")
+    t = store.start(
+        query="what is up",
+        spec_hash="h",
+        thread_id="t",
+        loop="react",
+        model="m",
+        backend="embedded",
+    )
     t.status, t.final_answer = "ok", "not much"
     store.finish(t)
     assert runner.invoke(app, ["feedback", t.id, "up"]).exit_code == 0

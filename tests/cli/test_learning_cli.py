@@ -7,11 +7,10 @@ from typer.testing import CliRunner
 
 from homespun.cli import app
 from homespun.graphs import search_loop
-from homespun.stores.checkpoints import CheckpointRepo
-from homespun.stores.learning import LearningStore
 from homespun.spec import load_spec, save_spec
 from homespun.spec.models import OP_NAMES
-
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.learning import LearningStore
 from tests.graphs.test_search_session import teacher_script
 from tests.learning.toy import ToyBenchmark
 
@@ -103,14 +102,27 @@ def test_bench_run_prints_a_per_category_table(home, settings, monkeypatch):
 
 
 @pytest.mark.slow
-def test_agentdojo_banking_random_two_sessions_on_the_embedded_model(home, settings,
-                                                                    model_path):
+def test_agentdojo_banking_random_two_sessions_on_the_embedded_model(home, settings, model_path):
     runner.invoke(app, ["init"])
     # A small subsample for CI, and no human in the loop: every op auto-tier.
-    _commit_spec(settings, max_proposals_per_session=1,
-                 tier_overrides={op: "auto" for op in OP_NAMES})
-    res = runner.invoke(app, ["learning", "run", "--benchmark", "agentdojo:banking",
-                              "--proposer", "random", "--sessions", "2", "--limit", "2"])
+    _commit_spec(
+        settings, max_proposals_per_session=1, tier_overrides={op: "auto" for op in OP_NAMES}
+    )
+    res = runner.invoke(
+        app,
+        [
+            "learning",
+            "run",
+            "--benchmark",
+            "agentdojo:banking",
+            "--proposer",
+            "random",
+            "--sessions",
+            "2",
+            "--limit",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     store = LearningStore(settings.learning_db)
     sessions = store.sessions()
@@ -131,8 +143,14 @@ def _traces(settings, n: int, high: int) -> None:
 
     store = TraceStore(settings.traces_db)
     for i in range(n):
-        t = store.start(query=f"question number {i}?", spec_hash="h", thread_id="t",
-                        loop="react", model="m", backend="embedded")
+        t = store.start(
+            query=f"question number {i}?",
+            spec_hash="h",
+            thread_id="t",
+            loop="react",
+            model="m",
+            backend="embedded",
+        )
         t.status, t.final_answer = "ok", "answer"
         store.finish(t)
         if i < high:
@@ -150,17 +168,34 @@ def test_personal_cold_start_rules(home, settings):
     _traces(settings, 20, 3)  # 25 traces, 8 high-feedback: diagnosis only
     bench_dir = settings.benchmarks_dir
     bench_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [{"id": f"p-{i}", "query": f"question number {i}?", "category": "general",
-              "gold": "42", "must_contain": ["42"], "source_trace": "x"} for i in range(4)]
-    (bench_dir / "personal_v1.json").write_text(json.dumps(
-        {"version": 1, "created_at": 0, "teacher": "t", "min_feedback": 0.7, "tasks": tasks}))
-    from homespun.engines.testing import ScriptedChatModel
-
+    tasks = [
+        {
+            "id": f"p-{i}",
+            "query": f"question number {i}?",
+            "category": "general",
+            "gold": "42",
+            "must_contain": ["42"],
+            "source_trace": "x",
+        }
+        for i in range(4)
+    ]
+    (bench_dir / "personal_v1.json").write_text(
+        json.dumps(
+            {"version": 1, "created_at": 0, "teacher": "t", "min_feedback": 0.7, "tasks": tasks}
+        )
+    )
     import asyncio
 
-    result = asyncio.run(search_loop.run_search(
-        settings, benchmark="personal", proposer="random",
-        student=lambda spec: ScriptedChatModel(script=["no idea"] * 20)))
+    from homespun.engines.testing import ScriptedChatModel
+
+    result = asyncio.run(
+        search_loop.run_search(
+            settings,
+            benchmark="personal",
+            proposer="random",
+            student=lambda spec: ScriptedChatModel(script=["no idea"] * 20),
+        )
+    )
     assert result.stopped_because == "diagnosis only (cold start)"
     store = LearningStore(settings.learning_db)
     session = store.session(result.sessions[0])

@@ -48,8 +48,9 @@ def _ensure_dovecot() -> str:
     found = _dovecot_binary()
     if found:
         return found
-    proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        ["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=600
+    )
     found = _dovecot_binary()
     if proc.returncode != 0 or not found:
         pytest.fail(
@@ -75,8 +76,15 @@ def _version(binary: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (2, 3)
 
 
-def _config(version: tuple[int, int], base: Path, port: int, mail_uid: int, mail_gid: int,
-            internal_user: str, login_user: str) -> str:
+def _config(
+    version: tuple[int, int],
+    base: Path,
+    port: int,
+    mail_uid: int,
+    mail_gid: int,
+    internal_user: str,
+    login_user: str,
+) -> str:
     mail = base / "mail"
     common = f"""
 protocols = imap
@@ -233,9 +241,11 @@ def _wait_for_port(proc: subprocess.Popen, port: int, log: Path) -> None:
         except OSError:
             time.sleep(0.1)
     output = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
-    pytest.fail(f"dovecot did not start on 127.0.0.1:{port} (exit {proc.poll()}).\n"
-                f"output: {output}\nlog: {log.read_text() if log.exists() else '(none)'}",
-                pytrace=False)
+    pytest.fail(
+        f"dovecot did not start on 127.0.0.1:{port} (exit {proc.poll()}).\n"
+        f"output: {output}\nlog: {log.read_text() if log.exists() else '(none)'}",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -262,13 +272,19 @@ def imap_server() -> Iterator[ImapServer]:
         _deliver(maildir, mail_uid, mail_gid)
         port = _free_port()
         config = base / "dovecot.conf"
-        config.write_text(_config(_version(binary), base, port, mail_uid, mail_gid,
-                                  internal_user, login_user))
-        proc = subprocess.Popen([binary, "-F", "-c", str(config)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        config.write_text(
+            _config(_version(binary), base, port, mail_uid, mail_gid, internal_user, login_user)
+        )
+        proc = subprocess.Popen(
+            [binary, "-F", "-c", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         _wait_for_port(proc, port, base / "dovecot.log")
-        yield ImapServer(host="127.0.0.1", port=port, username=IMAP_USER,
-                         password=IMAP_PASSWORD, maildir=maildir)
+        yield ImapServer(
+            host="127.0.0.1", port=port, username=IMAP_USER, password=IMAP_PASSWORD, maildir=maildir
+        )
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()

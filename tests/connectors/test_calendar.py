@@ -98,7 +98,11 @@ async def test_weekly_rule_is_expanded_within_the_window(home_ics, settings):
     text = await call(server, "list_events", start="2025-03-01", days=31)
     standups = [line for line in text.splitlines() if "Team standup" in line]
     assert [line.split()[0] for line in standups] == [
-        "2025-03-03", "2025-03-10", "2025-03-24", "2025-03-31"]  # 17 March is an EXDATE
+        "2025-03-03",
+        "2025-03-10",
+        "2025-03-24",
+        "2025-03-31",
+    ]  # 17 March is an EXDATE
     assert standups[0].startswith("2025-03-03 09:30–09:45  Team standup @ Room 4")
     assert "2025-03-12 (all day)  Ada's birthday" in text  # a 1990 yearly rule, in 2025
     assert "2025-03-20 14:00–15:00  Dentist — Bring the insurance card." in text  # UTC -> Paris
@@ -117,8 +121,10 @@ async def test_window_filtering_and_all_day_events(home_ics, settings):
     pi_day = await call(server, "list_events", start="2025-03-14", days=1)
     assert pi_day == "Events from 2025-03-14:\n2025-03-14 (all day)  Pi day (office closed)"
     # an all-day event ends at midnight: it is not on the next day
-    assert await call(server, "list_events", start="2025-03-15", days=1) == \
-        "No events from 2025-03-15."
+    assert (
+        await call(server, "list_events", start="2025-03-15", days=1)
+        == "No events from 2025-03-15."
+    )
     # a multi-day event shows on each day it covers
     assert "Weekend in Lyon" in await call(server, "list_events", start="2025-03-22", days=1)
 
@@ -131,8 +137,9 @@ async def test_start_defaults_to_today_and_bad_dates_are_refused(home_ics, setti
 
 async def test_search_events_by_words(home_ics, settings):
     server = make_server(settings, str(home_ics))
-    assert (await call(server, "search_events", query="when is my dentist appointment?")) \
-        .startswith("2025-03-20 14:00–15:00  Dentist")
+    assert (
+        await call(server, "search_events", query="when is my dentist appointment?")
+    ).startswith("2025-03-20 14:00–15:00  Dentist")
     standup = await call(server, "search_events", query="standup")
     assert standup == "2025-03-03 09:30–09:45  Team standup @ Room 4 (repeats weekly)"
     assert (await call(server, "search_events", query="insurance")).count("\n") == 0
@@ -141,8 +148,11 @@ async def test_search_events_by_words(home_ics, settings):
 
 async def test_url_source_is_fetched_once_and_merged_with_files(home_ics, settings):
     with respx.mock(assert_all_called=True) as mock:
-        route = mock.get(PRIVATE_URL).mock(return_value=httpx.Response(
-            200, content=WORK_ICS.encode(), headers={"content-type": "text/calendar"}))
+        route = mock.get(PRIVATE_URL).mock(
+            return_value=httpx.Response(
+                200, content=WORK_ICS.encode(), headers={"content-type": "text/calendar"}
+            )
+        )
         server = make_server(settings, str(home_ics), PRIVATE_URL)
         text = await call(server, "list_events", start="2025-03-10", days=7)
         assert "2025-03-11 15:00–16:00  Quarterly review [Work]" in text
@@ -165,7 +175,8 @@ async def test_bad_sources_are_errors_that_name_them(tmp_path, settings):
 
     missing = tmp_path / "gone.ics"
     assert f"{missing}: no such file" in await refused(
-        make_server(settings, str(missing)), "list_events")
+        make_server(settings, str(missing)), "list_events"
+    )
 
     broken = tmp_path / "broken.ics"
     broken.write_text("this is not a calendar")
@@ -174,24 +185,31 @@ async def test_bad_sources_are_errors_that_name_them(tmp_path, settings):
 
 
 def test_option_errors_name_the_field(settings):
-    with pytest.raises(ConnectorConfigError,
-                       match=r"tools\.servers\[0\]\.options\.sources: is required"):
+    with pytest.raises(
+        ConnectorConfigError, match=r"tools\.servers\[0\]\.options\.sources: is required"
+    ):
         create_calendar_server({}, where=WHERE, settings=settings)
     with pytest.raises(ConnectorConfigError, match=r"options\.sources: must be a list of strings"):
         create_calendar_server({"sources": 5}, where=WHERE, settings=settings)
     with pytest.raises(ConnectorConfigError, match=r"options\.timezone: unknown time zone"):
-        create_calendar_server({"sources": ["a.ics"], "timezone": "Mars/Olympus"}, where=WHERE,
-                               settings=settings)
+        create_calendar_server(
+            {"sources": ["a.ics"], "timezone": "Mars/Olympus"}, where=WHERE, settings=settings
+        )
     with pytest.raises(ConnectorConfigError, match=r"options\.cache_seconds: must be a whole"):
-        create_calendar_server({"sources": ["a.ics"], "cache_seconds": True}, where=WHERE,
-                               settings=settings)
+        create_calendar_server(
+            {"sources": ["a.ics"], "cache_seconds": True}, where=WHERE, settings=settings
+        )
 
 
 async def test_loads_through_the_spec_with_a_description_override(home_ics, settings):
     overrides = {"list_events": "Show the agenda."}
-    async with open_builtin(settings, "calendar", "calendar", descriptions=overrides,
-                            options={"sources": [str(home_ics)],
-                                     "timezone": "Europe/Paris"}) as loaded:
+    async with open_builtin(
+        settings,
+        "calendar",
+        "calendar",
+        descriptions=overrides,
+        options={"sources": [str(home_ics)], "timezone": "Europe/Paris"},
+    ) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"list_events", "search_events"}
         assert tools["list_events"].description == "Show the agenda."

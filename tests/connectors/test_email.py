@@ -28,8 +28,13 @@ PASSWORD_ENV = "HS_TEST_IMAP_PASSWORD"
 @pytest.fixture
 def options(imap_server: ImapServer, monkeypatch) -> dict:
     monkeypatch.setenv(PASSWORD_ENV, imap_server.password)
-    return {"host": imap_server.host, "port": imap_server.port,
-            "username": imap_server.username, "password_env": PASSWORD_ENV, "ssl": False}
+    return {
+        "host": imap_server.host,
+        "port": imap_server.port,
+        "username": imap_server.username,
+        "password_env": PASSWORD_ENV,
+        "ssl": False,
+    }
 
 
 @pytest.fixture
@@ -68,8 +73,10 @@ async def test_list_search_and_read_leave_every_flag_as_it_was(server, imap_serv
 
     listing = (await call(server, "list_messages")).splitlines()
     assert len(listing) == 3
-    assert listing[0] == (f"uid {dentist_uid} · 2025-03-05 16:45 · Dr Bob Smile "
-                          "<reception@smile-dental.example> · Dentist reminder · unread")
+    assert listing[0] == (
+        f"uid {dentist_uid} · 2025-03-05 16:45 · Dr Bob Smile "
+        "<reception@smile-dental.example> · Dentist reminder · unread"
+    )
     assert sum("unread" in line for line in listing) == 1
     unread = await call(server, "list_messages", unread_only=True)
     assert unread.count("\n") == 0 and "Dentist reminder" in unread
@@ -109,9 +116,16 @@ async def test_no_tool_writes_and_the_connection_refuses_writes(server, options,
 
     before = mailbox_state(imap_server)
     uid = str(before["Dentist reminder"][0])
-    account = ImapAccount(host=options["host"], port=options["port"],
-                          username=options["username"], password_env=PASSWORD_ENV,
-                          use_ssl=False, starttls=False, mailbox="INBOX", timeout=10)
+    account = ImapAccount(
+        host=options["host"],
+        port=options["port"],
+        username=options["username"],
+        password_env=PASSWORD_ENV,
+        use_ssl=False,
+        starttls=False,
+        mailbox="INBOX",
+        timeout=10,
+    )
     conn = open_read_only(account)
     try:
         attempts = [
@@ -137,8 +151,9 @@ async def test_no_tool_writes_and_the_connection_refuses_writes(server, options,
     assert mailbox_state(imap_server) == before
 
 
-async def test_a_wrong_password_is_a_clear_error_without_the_password(options, settings,
-                                                                      monkeypatch):
+async def test_a_wrong_password_is_a_clear_error_without_the_password(
+    options, settings, monkeypatch
+):
     monkeypatch.setenv(PASSWORD_ENV, "wrong-pass-123")
     server = create_email_server(options, where=WHERE, settings=settings)
     message = await refused(server, "list_messages")
@@ -148,8 +163,9 @@ async def test_a_wrong_password_is_a_clear_error_without_the_password(options, s
 
 async def test_an_unreachable_server_is_a_clear_error(options, settings):
     closed = dict(options, port=1)
-    message = await refused(create_email_server(closed, where=WHERE, settings=settings),
-                            "list_messages")
+    message = await refused(
+        create_email_server(closed, where=WHERE, settings=settings), "list_messages"
+    )
     assert "Could not connect to the mail server 127.0.0.1:1" in message
 
 
@@ -166,7 +182,8 @@ def test_option_errors_name_the_field(settings, monkeypatch):
     assert error(host=None) == f"{WHERE}.host: is required"
     assert error(password="hunter2").startswith(f"{WHERE}.password: passwords never live")
     assert error(password_env="NOT_SET_HS_VAR").startswith(
-        f"{WHERE}.password_env: the environment variable NOT_SET_HS_VAR is not set")
+        f"{WHERE}.password_env: the environment variable NOT_SET_HS_VAR is not set"
+    )
     assert error(password_env="my password!").startswith(f"{WHERE}.password_env: must be the NAME")
     assert error(ssl=False).startswith(f"{WHERE}.ssl: false without starttls would send")
     assert error(ssl=True, starttls=True).startswith(f"{WHERE}.starttls:")
@@ -175,15 +192,16 @@ def test_option_errors_name_the_field(settings, monkeypatch):
     assert error(folder="INBOX").startswith(f"{WHERE}.folder: unknown option")
     # starttls, or plaintext that is explicitly allowed, are accepted
     create_email_server({**base, "ssl": False, "starttls": True}, where=WHERE, settings=settings)
-    create_email_server({**base, "ssl": False, "allow_plaintext": True}, where=WHERE,
-                        settings=settings)
+    create_email_server(
+        {**base, "ssl": False, "allow_plaintext": True}, where=WHERE, settings=settings
+    )
 
 
-async def test_loads_through_the_spec_with_a_description_override(options, settings,
-                                                                    imap_server):
+async def test_loads_through_the_spec_with_a_description_override(options, settings, imap_server):
     overrides = {"list_messages": "Show the newest mail."}
-    async with open_builtin(settings, "mail", "email", options=options, sensitive=True,
-                            descriptions=overrides) as loaded:
+    async with open_builtin(
+        settings, "mail", "email", options=options, sensitive=True, descriptions=overrides
+    ) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"list_messages", "search_messages", "read_message"}
         assert tools["list_messages"].description == "Show the newest mail."

@@ -81,8 +81,11 @@ def local_feed(tmp_path: Path) -> Path:
 def web():
     with respx.mock(assert_all_called=False) as mock:
         mock.get(RSS_URL).mock(return_value=httpx.Response(200, content=RSS))
-        mock.get(ATOM_URL).mock(return_value=httpx.Response(
-            200, content=ATOM, headers={"content-type": "application/atom+xml"}))
+        mock.get(ATOM_URL).mock(
+            return_value=httpx.Response(
+                200, content=ATOM, headers={"content-type": "application/atom+xml"}
+            )
+        )
         yield mock
 
 
@@ -124,15 +127,18 @@ async def test_latest_items_of_one_feed_by_number_or_name(web, local_feed, setti
     assert "My take on 3.14." in by_number  # Atom <content> when there is no <summary>
     assert "Road works" in await call(server, "latest_items", feed=str(local_feed))
     assert "1. Example News; 2. Ada's Blog; 3. Town Hall" in await refused(
-        server, "latest_items", feed="sports")
+        server, "latest_items", feed="sports"
+    )
 
 
 async def test_search_items_ranks_by_matching_words(web, local_feed, settings):
     server = make_server(settings, RSS_URL, ATOM_URL, str(local_feed))
     text = await call(server, "search_items", query="python release")
     heads = [line for line in text.splitlines() if not line.startswith("  ")]
-    assert heads == ["2025-10-07 · Example News · Python 3.14 release is out",
-                     "2025-10-01 · Ada's Blog · Notes on the Python release"]
+    assert heads == [
+        "2025-10-07 · Example News · Python 3.14 release is out",
+        "2025-10-01 · Ada's Blog · Notes on the Python release",
+    ]
     assert await call(server, "search_items", query="zebra") == "No feed items match 'zebra'."
 
 
@@ -174,20 +180,23 @@ async def test_a_body_that_names_a_local_file_is_not_opened(web, local_feed, set
 
 
 def test_option_errors_name_the_field(settings):
-    with pytest.raises(ConnectorConfigError,
-                       match=r"tools\.servers\[0\]\.options\.urls: is required"):
+    with pytest.raises(
+        ConnectorConfigError, match=r"tools\.servers\[0\]\.options\.urls: is required"
+    ):
         create_feeds_server({}, where=WHERE, settings=settings)
     with pytest.raises(ConnectorConfigError, match=r"options\.urls: must list at least one"):
         create_feeds_server({"urls": []}, where=WHERE, settings=settings)
     with pytest.raises(ConnectorConfigError, match=r"options\.cache_seconds: must be at least 0"):
-        create_feeds_server({"urls": [RSS_URL], "cache_seconds": -1}, where=WHERE,
-                            settings=settings)
+        create_feeds_server(
+            {"urls": [RSS_URL], "cache_seconds": -1}, where=WHERE, settings=settings
+        )
 
 
 async def test_loads_through_the_spec_with_a_description_override(web, settings):
     overrides = {"latest_items": "Today's headlines."}
-    async with open_builtin(settings, "feeds", "feeds", options={"urls": [RSS_URL, ATOM_URL]},
-                            descriptions=overrides) as loaded:
+    async with open_builtin(
+        settings, "feeds", "feeds", options={"urls": [RSS_URL, ATOM_URL]}, descriptions=overrides
+    ) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"list_feeds", "latest_items", "search_items"}
         assert tools["latest_items"].description == "Today's headlines."

@@ -39,7 +39,8 @@ def vault(tmp_path: Path) -> Path:
     (root / ".obsidian").mkdir()
     (root / "garden.md").write_text(GARDEN)
     (root / "projects" / "homespun.markdown").write_text(
-        "# Homespun ideas\nConnectors for notes and the calendar. #idea\n")
+        "# Homespun ideas\nConnectors for notes and the calendar. #idea\n"
+    )
     (root / "todo.txt").write_text("Call the plumber about the leaking tap\n")
     (root / ".obsidian" / "workspace.md").write_text("hiddenword lives in the app settings\n")
     (root / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n hiddenword")
@@ -155,8 +156,9 @@ def test_front_matter_title_tags_and_fallbacks():
 
 
 def test_option_errors_name_the_field(tmp_path, settings):
-    with pytest.raises(ConnectorConfigError,
-                       match=r"tools\.servers\[0\]\.options\.path: is required"):
+    with pytest.raises(
+        ConnectorConfigError, match=r"tools\.servers\[0\]\.options\.path: is required"
+    ):
         create_notes_server({}, where=WHERE, settings=settings)
     with pytest.raises(ConnectorConfigError, match=r"options\.path: .* not an existing folder"):
         create_notes_server({"path": str(tmp_path / "nope")}, where=WHERE, settings=settings)
@@ -177,8 +179,9 @@ def test_env_and_home_are_expanded_in_the_path(vault, settings, monkeypatch):
 
 async def test_loads_through_the_spec_with_a_description_override(vault, settings):
     overrides = {"read_note": "Open a note from the vault."}
-    async with open_builtin(settings, "notes", "notes", options={"path": str(vault)},
-                            descriptions=overrides) as loaded:
+    async with open_builtin(
+        settings, "notes", "notes", options={"path": str(vault)}, descriptions=overrides
+    ) as loaded:
         tools = loaded.by_name()
         assert set(tools) == {"search_notes", "read_note"}
         assert tools["read_note"].description == "Open a note from the vault."
@@ -188,11 +191,19 @@ async def test_loads_through_the_spec_with_a_description_override(vault, setting
 
 
 async def test_bad_options_in_the_spec_fail_the_load_with_the_dotted_name(tmp_path, settings):
-    spec = Spec(tools={"servers": [
-        ToolServerSpec(name="core", kind="builtin", builtin="core"),
-        ToolServerSpec(name="notes", kind="builtin", builtin="notes",
-                       options={"path": str(tmp_path / "missing")}),
-    ]})
+    spec = Spec(
+        tools={
+            "servers": [
+                ToolServerSpec(name="core", kind="builtin", builtin="core"),
+                ToolServerSpec(
+                    name="notes",
+                    kind="builtin",
+                    builtin="notes",
+                    options={"path": str(tmp_path / "missing")},
+                ),
+            ]
+        }
+    )
     with pytest.raises(ToolLoadError, match=r"tools\.servers\[1\]\.options\.path"):
         async with open_tools(spec, settings):
             pass

@@ -131,9 +131,7 @@ def test_force_downloads_again(split_model, local_index, tmp_path):
 
 def test_hash_mismatch_deletes_and_names_both_hashes(split_model, monkeypatch, tmp_path):
     wrong = "0" * 64
-    monkeypatch.setitem(
-        CATALOG, split_model.name, dataclasses.replace(split_model, sha256=wrong)
-    )
+    monkeypatch.setitem(CATALOG, split_model.name, dataclasses.replace(split_model, sha256=wrong))
     models = tmp_path / "models"
     with pytest.raises(PullError) as err:
         pull_model(split_model.name, models, progress=False)

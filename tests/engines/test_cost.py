@@ -12,13 +12,13 @@ from langchain_core.messages import AIMessage
 from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI
 
+from homespun.engines.cost import PRICES_PER_MTOK, BudgetExceeded, CostMeter, Usage, price_for
+from homespun.engines.providers import TeacherConfigError, build_teacher, parse_teacher
 from homespun.learning import diagnosis as diagnosis_mod
 from homespun.learning.diagnosis import FailedRun, teacher_diagnosis
 from homespun.learning.tasks import Grade, Task
-from homespun.engines.cost import PRICES_PER_MTOK, BudgetExceeded, CostMeter, Usage, price_for
-from homespun.engines.providers import TeacherConfigError, build_teacher, parse_teacher
-from homespun.stores.traces import ToolCallRecord, Trace
 from homespun.spec import Spec
+from homespun.stores.traces import ToolCallRecord, Trace
 from tests.stubs import anthropic_tool_use, chat_completion
 
 # --------------------------------------------------------------------------- ids and prices
@@ -30,16 +30,27 @@ from tests.stubs import anthropic_tool_use, chat_completion
         ("anthropic:claude-opus-4-6", ("anthropic", "claude-opus-4-6")),
         ("openai:gpt-5", ("openai", "gpt-5")),
         ("ollama:qwen2.5:14b", ("ollama", "qwen2.5:14b")),
-        ("openai_compatible:qwen@http://127.0.0.1:8000/v1",
-         ("openai_compatible", "qwen@http://127.0.0.1:8000/v1")),
+        (
+            "openai_compatible:qwen@http://127.0.0.1:8000/v1",
+            ("openai_compatible", "qwen@http://127.0.0.1:8000/v1"),
+        ),
     ],
 )
 def test_parse_teacher(name, expected):
     assert parse_teacher(name) == expected
 
 
-@pytest.mark.parametrize("name", ["", "claude-opus-4-6", "google:gemini", "anthropic:",
-                                  "openai_compatible:qwen", "openai_compatible:qwen@localhost"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "claude-opus-4-6",
+        "google:gemini",
+        "anthropic:",
+        "openai_compatible:qwen",
+        "openai_compatible:qwen@localhost",
+    ],
+)
 def test_parse_teacher_rejects_bad_forms_naming_the_field(name):
     with pytest.raises(ValueError, match="learning.teacher") as exc:
         parse_teacher(name)
@@ -47,8 +58,14 @@ def test_parse_teacher_rejects_bad_forms_naming_the_field(name):
 
 
 def test_prices_cover_the_teachers_we_support():
-    for prefix in ("claude-opus-4", "claude-sonnet-4", "claude-haiku-4", "gpt-5", "gpt-4.1",
-                   "gpt-4o"):
+    for prefix in (
+        "claude-opus-4",
+        "claude-sonnet-4",
+        "claude-haiku-4",
+        "gpt-5",
+        "gpt-4.1",
+        "gpt-4o",
+    ):
         assert prefix in PRICES_PER_MTOK
     assert price_for("anthropic:claude-opus-4-6") == ((5.0, 25.0), True)
     assert price_for("claude-opus-4-20250514") == ((15.0, 75.0), True)
@@ -78,8 +95,10 @@ def test_meter_checks_before_and_records_after():
 
 def test_meter_reads_usage_from_an_ai_message_and_charges_a_missing_one():
     meter = CostMeter(session_cap_usd=1.0, total_cap_usd=10.0, model="gpt-4o")
-    msg = AIMessage(content="x", usage_metadata={"input_tokens": 1000, "output_tokens": 100,
-                                                 "total_tokens": 1100})
+    msg = AIMessage(
+        content="x",
+        usage_metadata={"input_tokens": 1000, "output_tokens": 100, "total_tokens": 1100},
+    )
     assert meter.record(msg) == pytest.approx((1000 * 2.5 + 100 * 10) / 1e6)
     meter.check(1000, 1000)
     assert meter.record(AIMessage(content="no usage")) == pytest.approx(12.5e-3)  # estimate
@@ -148,17 +167,32 @@ def _anthropic_tool_use(name: str, args: dict, usage: tuple[int, int]) -> tuple[
 
 def _openai_tool_call(name: str, args: dict, usage: tuple[int, int]) -> tuple[int, dict]:
     return 200, chat_completion(
-        None, model="gpt-5", finish_reason="tool_calls", usage=usage, id="chatcmpl-1",
-        tool_calls=[{"id": "call_1", "type": "function",
-                     "function": {"name": name, "arguments": json.dumps(args)}}])
+        None,
+        model="gpt-5",
+        finish_reason="tool_calls",
+        usage=usage,
+        id="chatcmpl-1",
+        tool_calls=[
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
+        ],
+    )
 
 
 # Private data planted in the failing traces: none of it may reach the teacher.
 PRIVATE = [
-    "alice.smith@example.com", "+1 415 555 0134", "(415) 555-0134", "+44 20 7946 0958",
+    "alice.smith@example.com",
+    "+1 415 555 0134",
+    "(415) 555-0134",
+    "+44 20 7946 0958",
     "sk-ant-api03-Zx81Qm4kLw0PqRt7Yv2Na9Hs3Jd6Fb5Gc1Ke-AbCdEfGh",
-    "sk-proj-9aK2mQ7xLp4Rt8Vw1Yz3Bc6Dn0Fg5Hj", "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R",
-    "xoxb-2048123456-4096123456789-Qw3rTy8UiOp2AsDfGhJkLz1X", "4111 1111 1111 1111",
+    "sk-proj-9aK2mQ7xLp4Rt8Vw1Yz3Bc6Dn0Fg5Hj",
+    "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R",
+    "xoxb-2048123456-4096123456789-Qw3rTy8UiOp2AsDfGhJkLz1X",
+    "4111 1111 1111 1111",
     "DE89370400440532013000",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
 ]
@@ -166,8 +200,18 @@ SENSITIVE_MARKER = "my therapist said"
 
 
 def _trace(query: str, **kw) -> Trace:
-    return Trace(id="t", created_at=0.0, query=query, spec_hash="h", thread_id="th",
-                 loop="react", model="smollm2", backend="embedded", status="ok", **kw)
+    return Trace(
+        id="t",
+        created_at=0.0,
+        query=query,
+        spec_hash="h",
+        thread_id="th",
+        loop="react",
+        model="smollm2",
+        backend="embedded",
+        status="ok",
+        **kw,
+    )
 
 
 def _failures() -> list[FailedRun]:
@@ -176,20 +220,49 @@ def _failures() -> list[FailedRun]:
     q2 = f"Save Bob's numbers {PRIVATE[2]} and {PRIVATE[3]}; my key is {PRIVATE[4]}"
     q3 = "What did I save about the bank?"
     return [
-        FailedRun(Task("arith-1", q1, "arithmetic"),
-                  _trace(q1, final_answer=f"1500. Sent to {PRIVATE[0]}."), no),
-        FailedRun(Task("mem-1", q2, "memory"), _trace(q2, tool_calls=[ToolCallRecord(
-            "memory_save", {"txt": f"Bob {PRIVATE[2]}, token {PRIVATE[5]}"},
-            error="1 validation error: text Field required")], final_answer="Saved."),
-            Grade(False, 0.0, "memory not saved")),
-        FailedRun(Task("mem-2", q3, "memory"), _trace(q3, tool_calls=[ToolCallRecord(
-            "memory_search", {"query": "bank"},
-            result=f"card {PRIVATE[8]}, IBAN {PRIVATE[9]}, gh {PRIVATE[6]}, slack {PRIVATE[7]}, "
-                   f"session {PRIVATE[10]}")], final_answer=f"Your IBAN is {PRIVATE[9]}"),
-            Grade(False, 0.0, "did not mention the note")),
-        FailedRun(Task("diary-1", "Summarise my diary", "memory"),
-                  _trace(f"Summarise my diary: {SENSITIVE_MARKER} ...", sensitive=True,
-                         final_answer="ok"), Grade(False, 0.0, "")),
+        FailedRun(
+            Task("arith-1", q1, "arithmetic"),
+            _trace(q1, final_answer=f"1500. Sent to {PRIVATE[0]}."),
+            no,
+        ),
+        FailedRun(
+            Task("mem-1", q2, "memory"),
+            _trace(
+                q2,
+                tool_calls=[
+                    ToolCallRecord(
+                        "memory_save",
+                        {"txt": f"Bob {PRIVATE[2]}, token {PRIVATE[5]}"},
+                        error="1 validation error: text Field required",
+                    )
+                ],
+                final_answer="Saved.",
+            ),
+            Grade(False, 0.0, "memory not saved"),
+        ),
+        FailedRun(
+            Task("mem-2", q3, "memory"),
+            _trace(
+                q3,
+                tool_calls=[
+                    ToolCallRecord(
+                        "memory_search",
+                        {"query": "bank"},
+                        result=f"card {PRIVATE[8]}, IBAN {PRIVATE[9]}, gh {PRIVATE[6]}, "
+                        f"slack {PRIVATE[7]}, session {PRIVATE[10]}",
+                    )
+                ],
+                final_answer=f"Your IBAN is {PRIVATE[9]}",
+            ),
+            Grade(False, 0.0, "did not mention the note"),
+        ),
+        FailedRun(
+            Task("diary-1", "Summarise my diary", "memory"),
+            _trace(
+                f"Summarise my diary: {SENSITIVE_MARKER} ...", sensitive=True, final_answer="ok"
+            ),
+            Grade(False, 0.0, ""),
+        ),
     ]
 
 
@@ -197,13 +270,21 @@ TOTALS = {"arithmetic": 4, "memory": 5, "files": 3}
 
 REPORT = {
     "clusters": [
-        {"id": "memory-args", "name": "memory_save called with the wrong argument name",
-         "categories": ["memory"], "task_ids": ["mem-1", "mem-2"],
-         "skill_gap": "It writes 'txt' instead of 'text' and does not read search results."},
-        {"id": "arith", "name": "Multiplies without the calculator",
-         "categories": ["arithmetic", "weather"], "task_ids": ["arith-1"],
-         "skill_gap": "It multiplies two-digit numbers in its head.",
-         "student_failure_rate": 0.9},
+        {
+            "id": "memory-args",
+            "name": "memory_save called with the wrong argument name",
+            "categories": ["memory"],
+            "task_ids": ["mem-1", "mem-2"],
+            "skill_gap": "It writes 'txt' instead of 'text' and does not read search results.",
+        },
+        {
+            "id": "arith",
+            "name": "Multiplies without the calculator",
+            "categories": ["arithmetic", "weather"],
+            "task_ids": ["arith-1"],
+            "skill_gap": "It multiplies two-digit numbers in its head.",
+            "student_failure_rate": 0.9,
+        },
     ],
     "summary": "Two failure modes.",
 }
@@ -224,7 +305,10 @@ async def test_anthropic_teacher_diagnoses_through_the_real_client(stub, monkeyp
     assert d.source == "teacher" and d.summary == "Two failure modes."
     memory, arith = d.clusters
     assert (memory.id, memory.task_ids, memory.student_failure_rate) == (
-        "memory-args", ["mem-1", "mem-2"], 3 / 5)  # the sensitive failure counts too
+        "memory-args",
+        ["mem-1", "mem-2"],
+        3 / 5,
+    )  # the sensitive failure counts too
     assert (arith.categories, arith.student_failure_rate) == (["arithmetic"], 1 / 4)
     assert "'weather'" in md
 
@@ -237,13 +321,22 @@ async def test_anthropic_teacher_diagnoses_through_the_real_client(stub, monkeyp
     assert "37 * 41" in sent and "<EMAIL>" in sent and "<PHONE>" in sent
     assert "<SECRET>" in sent and "<CARD>" in sent and "<IBAN>" in sent
     first, second = server.bodies
-    assert {t["name"] for t in first["tools"]} == {"show_trace", "list_categories",
-                                                   "search_traces", "report_diagnosis"}
+    assert {t["name"] for t in first["tools"]} == {
+        "show_trace",
+        "list_categories",
+        "search_traces",
+        "report_diagnosis",
+    }
     assert first["tool_choice"] == {"type": "any"}
     report_tool = next(t for t in first["tools"] if t["name"] == "report_diagnosis")
     assert "clusters" in json.dumps(report_tool["input_schema"])
-    tool_results = [block for m in second["messages"] if isinstance(m["content"], list)
-                    for block in m["content"] if block.get("type") == "tool_result"]
+    tool_results = [
+        block
+        for m in second["messages"]
+        if isinstance(m["content"], list)
+        for block in m["content"]
+        if block.get("type") == "tool_result"
+    ]
     assert tool_results[0]["tool_use_id"] == "toolu_show_trace"
     assert "memory_search" in json.dumps(tool_results[0]["content"])
 
@@ -272,8 +365,9 @@ async def test_total_cap_stops_before_any_request(stub, monkeypatch):
     url, server = stub
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
     teacher = build_teacher("anthropic:claude-opus-4-6", base_url=url)
-    meter = CostMeter(session_cap_usd=5.0, total_cap_usd=50.0, spent_before_usd=49.95,
-                      model="claude-opus-4-6")
+    meter = CostMeter(
+        session_cap_usd=5.0, total_cap_usd=50.0, spent_before_usd=49.95, model="claude-opus-4-6"
+    )
     with pytest.raises(BudgetExceeded, match="total budget"):
         await teacher_diagnosis(_failures(), TOTALS, teacher=teacher, meter=meter)
     assert server.bodies == []
@@ -327,8 +421,9 @@ def test_estimate_tokens_is_chars_over_four_with_tool_calls_and_schemas():
 
     assert estimate_tokens([HumanMessage("x" * 8)]) == 2
     assert estimate_tokens([HumanMessage("x" * 9)]) == 3  # rounded up, never under
-    call = AIMessage(content="", tool_calls=[{"name": "f", "args": {"a": 1}, "id": "c1",
-                                              "type": "tool_call"}])
+    call = AIMessage(
+        content="", tool_calls=[{"name": "f", "args": {"a": 1}, "id": "c1", "type": "tool_call"}]
+    )
     assert estimate_tokens([call]) > 0  # a reply of tool calls only still has a size
 
     @make_tool
@@ -424,4 +519,5 @@ async def test_teacher_reruns_meter_every_call_including_bound_tools_and_failure
         model.invoke(messages)
     assert meter.calls == 2 and meter.estimated_calls == 1
     assert meter.spent_usd - spent == pytest.approx(
-        meter.cost(estimate_tokens(messages, [lookup]), 1024))
+        meter.cost(estimate_tokens(messages, [lookup]), 1024)
+    )

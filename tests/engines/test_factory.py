@@ -11,8 +11,8 @@ import respx
 from homespun.engines.factory import EngineConfigError, build_chat_model, unsupported_fields
 from homespun.engines.testing import ScriptedChatModel
 from homespun.graphs.runner import run_assistant
-from homespun.stores.traces import TraceStore
 from homespun.spec import Spec
+from homespun.stores.traces import TraceStore
 from tests.stubs import chat_api
 
 
@@ -25,8 +25,9 @@ def _spec(backend: str, **engine) -> Spec:
     spec.intelligence.max_tokens = 99
     spec.intelligence.repeat_penalty = 1.3
     spec.intelligence.seed = 7
-    spec.engine = spec.engine.model_validate({**spec.engine.model_dump(), "backend": backend,
-                                              **engine})
+    spec.engine = spec.engine.model_validate(
+        {**spec.engine.model_dump(), "backend": backend, **engine}
+    )
     return spec
 
 
@@ -54,8 +55,7 @@ def test_openai_compatible_request_carries_every_generation_field(settings, open
 def test_openai_backend_uses_the_key_from_the_named_env_var(settings, openai_stub, monkeypatch):
     url, requests = openai_stub
     monkeypatch.setenv("MY_OPENAI_KEY", "sk-test-123")
-    spec = _spec("openai", base_url=url, api_key_env="MY_OPENAI_KEY",
-                 tool_call_format="native")
+    spec = _spec("openai", base_url=url, api_key_env="MY_OPENAI_KEY", tool_call_format="native")
     build_chat_model(spec, settings).invoke("ping")
     assert requests[0].headers["authorization"] == "Bearer sk-test-123"
     assert "top_k" not in requests[0].json  # OpenAI's API has no top_k ...
@@ -70,18 +70,34 @@ def test_openai_without_key_is_a_clear_error(settings, monkeypatch):
 
 @respx.mock
 def test_ollama_request_carries_every_generation_field(settings):
-    route = respx.post("http://127.0.0.1:11434/api/chat").mock(return_value=httpx.Response(
-        200, json={"model": "some-model", "created_at": "2026-01-01T00:00:00Z",
-                   "message": {"role": "assistant", "content": '{"answer": "pong"}'},
-                   "done": True, "done_reason": "stop", "prompt_eval_count": 3,
-                   "eval_count": 2}))
+    route = respx.post("http://127.0.0.1:11434/api/chat").mock(
+        return_value=httpx.Response(
+            200,
+            json={
+                "model": "some-model",
+                "created_at": "2026-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": '{"answer": "pong"}'},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 3,
+                "eval_count": 2,
+            },
+        )
+    )
     spec = _spec("ollama", base_url="http://127.0.0.1:11434", context_length=2048, threads=3)
     assert build_chat_model(spec, settings).invoke("ping").content == "pong"
     body = json.loads(route.calls[0].request.content)
     opts = body["options"]
-    assert (opts["temperature"], opts["top_p"], opts["top_k"], opts["num_predict"],
-            opts["repeat_penalty"], opts["seed"], opts["num_ctx"], opts["num_thread"]) == (
-        0.3, 0.8, 17, 99, 1.3, 7, 2048, 3)
+    assert (
+        opts["temperature"],
+        opts["top_p"],
+        opts["top_k"],
+        opts["num_predict"],
+        opts["repeat_penalty"],
+        opts["seed"],
+        opts["num_ctx"],
+        opts["num_thread"],
+    ) == (0.3, 0.8, 17, 99, 1.3, 7, 2048, 3)
     assert body["format"]["anyOf"]  # the constrained-json schema goes in Ollama's `format`
 
 
@@ -93,11 +109,17 @@ def test_anthropic_request_carries_its_generation_fields(settings, openai_stub, 
     body = requests[0].json
     assert requests[0].path == "/v1/messages"
     assert (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"]) == (
-        0.3, 0.8, 17, 99)
+        0.3,
+        0.8,
+        17,
+        99,
+    )
     # anthropic 2.x sends the key as a bearer token, 1.x as x-api-key
     headers = requests[0].headers
-    assert "sk-ant-test" in (headers.get("x-api-key"),
-                             headers.get("authorization", "").removeprefix("Bearer "))
+    assert "sk-ant-test" in (
+        headers.get("x-api-key"),
+        headers.get("authorization", "").removeprefix("Bearer "),
+    )
     assert unsupported_fields(spec) == ("seed", "repeat_penalty")
 
 

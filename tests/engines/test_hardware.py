@@ -96,8 +96,10 @@ def test_models_that_do_not_fit_small_memory(tmp_path):
 def test_nvidia_gpus_from_nvml(monkeypatch, tmp_path):
     FakeGpus(monkeypatch)
     gpus = detect_gpus()
-    assert gpus == [GpuInfo("nvidia", "NVIDIA H100 #0", 80 * GIB),
-                    GpuInfo("nvidia", "NVIDIA H100 #1", 80 * GIB)]
+    assert gpus == [
+        GpuInfo("nvidia", "NVIDIA H100 #0", 80 * GIB),
+        GpuInfo("nvidia", "NVIDIA H100 #1", 80 * GIB),
+    ]
     report = detect_hardware(meminfo=meminfo(tmp_path, 64 * 1024**2), ollama_port=closed_port())
     assert report.has_cuda and report.gpu_memory_bytes == 80 * GIB
     assert report.energy_source == "nvidia"

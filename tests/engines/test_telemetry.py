@@ -31,8 +31,8 @@ from homespun.engines.telemetry import (
 )
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.graphs.runner import run_assistant
-from homespun.stores.traces import TraceStore
 from homespun.spec import Spec
+from homespun.stores.traces import TraceStore
 
 runner = CliRunner()
 
@@ -53,8 +53,9 @@ class FakeGpus:
         monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: ("gpu", i))
         monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", self._energy)
         monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: f"NVIDIA H100 #{h[1]}")
-        monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo",
-                            lambda h: type("Mem", (), {"total": 80 * 1024**3})())
+        monkeypatch.setattr(
+            pynvml, "nvmlDeviceGetMemoryInfo", lambda h: type("Mem", (), {"total": 80 * 1024**3})()
+        )
         telemetry.reset_energy_detection()
         monkeypatch.setattr(telemetry, "DEFAULT_RAPL_ROOT", Path("/nonexistent"))
 
@@ -78,8 +79,9 @@ def _fresh_detection():
     telemetry.reset_energy_detection()
 
 
-def rapl_zone(root: Path, name: str, label: str, energy_uj: int, max_uj: int = 262_143_328_850
-              ) -> Path:
+def rapl_zone(
+    root: Path, name: str, label: str, energy_uj: int, max_uj: int = 262_143_328_850
+) -> Path:
     zone = root / name
     zone.mkdir(parents=True)
     (zone / "name").write_text(label + "\n")
@@ -129,8 +131,9 @@ async def test_a_run_records_nvidia_energy_and_its_electricity_cost(settings, mo
         gpus.work(2_000, 1_600)  # the GPUs' share of generating this answer: 3.6 J
         return "42"
 
-    res = await run_assistant(Spec(), settings, "what is 6*7?",
-                              model=ScriptedChatModel(script=[answer]), tools=[])
+    res = await run_assistant(
+        Spec(), settings, "what is 6*7?", model=ScriptedChatModel(script=[answer]), tools=[]
+    )
     t = res.trace
     assert t.status == "ok"
     assert t.energy_source == "nvidia" and t.energy_j == pytest.approx(3.6)
@@ -293,14 +296,19 @@ async def test_every_model_call_is_timed_with_its_tokens(settings):
 
     meter = RunMeter(NullMeter())
     meter.start()
-    model = ScriptedChatModel(script=[tool_call("noop"), tool_call("noop"), "done"],
-                              usage={"input_tokens": 7, "output_tokens": 3})
-    from homespun.graphs.assistant import build_assistant_graph, new_question_state
+    model = ScriptedChatModel(
+        script=[tool_call("noop"), tool_call("noop"), "done"],
+        usage={"input_tokens": 7, "output_tokens": 3},
+    )
     from langchain_core.messages import HumanMessage
 
+    from homespun.graphs.assistant import build_assistant_graph, new_question_state
+
     graph = build_assistant_graph(Spec(), model, [noop])
-    await graph.ainvoke(new_question_state(HumanMessage("go")),
-                        {"callbacks": [meter.recorder], "recursion_limit": 50})
+    await graph.ainvoke(
+        new_question_state(HumanMessage("go")),
+        {"callbacks": [meter.recorder], "recursion_limit": 50},
+    )
     measured = meter.stop()
     assert [(c.prompt_tokens, c.completion_tokens) for c in measured.model_calls] == [(7, 3)] * 3
     assert all(c.latency_s > 0 and c.tokens_per_s > 0 for c in measured.model_calls)
@@ -330,8 +338,7 @@ def test_cloud_and_remote_engines_are_not_metered_here():
     assert measures_local_energy("openai_compatible", "http://localhost:8000/v1")
     assert measures_local_energy("openai_compatible", "http://[::1]:8000/v1")
     assert measures_local_energy("embedded")
-    assert isinstance(RunMeter.for_engine("anthropic", energy=CounterMeter(None)).energy,
-                      NullMeter)
+    assert isinstance(RunMeter.for_engine("anthropic", energy=CounterMeter(None)).energy, NullMeter)
 
 
 # --------------------------------------------------------------------------- dollars
@@ -339,16 +346,44 @@ def test_cloud_and_remote_engines_are_not_metered_here():
 
 def test_cost_cloud_by_tokens_local_by_energy_never_zero_pretending():
     price = (3.0, 15.0)  # $/Mtok
-    assert run_cost_usd(backend="anthropic", prompt_tokens=1000, completion_tokens=200,
-                        energy_j=None, price_per_mtok=price, usd_per_kwh=0.15
-                        ) == pytest.approx((1000 * 3 + 200 * 15) / 1e6)
-    assert run_cost_usd(backend="openai", prompt_tokens=1, completion_tokens=1, energy_j=None,
-                        price_per_mtok=None, usd_per_kwh=0.15) is None  # unknown price
-    assert run_cost_usd(backend="embedded", prompt_tokens=10, completion_tokens=10,
-                        energy_j=7200.0, price_per_mtok=None, usd_per_kwh=0.15
-                        ) == pytest.approx(0.0003)  # 2 Wh at $0.15/kWh
-    assert run_cost_usd(backend="embedded", prompt_tokens=10, completion_tokens=10,
-                        energy_j=None, price_per_mtok=None, usd_per_kwh=0.15) is None
+    assert run_cost_usd(
+        backend="anthropic",
+        prompt_tokens=1000,
+        completion_tokens=200,
+        energy_j=None,
+        price_per_mtok=price,
+        usd_per_kwh=0.15,
+    ) == pytest.approx((1000 * 3 + 200 * 15) / 1e6)
+    assert (
+        run_cost_usd(
+            backend="openai",
+            prompt_tokens=1,
+            completion_tokens=1,
+            energy_j=None,
+            price_per_mtok=None,
+            usd_per_kwh=0.15,
+        )
+        is None
+    )  # unknown price
+    assert run_cost_usd(
+        backend="embedded",
+        prompt_tokens=10,
+        completion_tokens=10,
+        energy_j=7200.0,
+        price_per_mtok=None,
+        usd_per_kwh=0.15,
+    ) == pytest.approx(0.0003)  # 2 Wh at $0.15/kWh
+    assert (
+        run_cost_usd(
+            backend="embedded",
+            prompt_tokens=10,
+            completion_tokens=10,
+            energy_j=None,
+            price_per_mtok=None,
+            usd_per_kwh=0.15,
+        )
+        is None
+    )
 
 
 async def test_a_cloud_run_is_priced_from_the_table_and_not_metered(settings, monkeypatch):
@@ -362,15 +397,17 @@ async def test_a_cloud_run_is_priced_from_the_table_and_not_metered(settings, mo
         gpus.work(5000, 5000)
         return "hi"
 
-    res = await run_assistant(spec, settings, "hi", tools=[],
-                              model=ScriptedChatModel(script=[answer]))
+    res = await run_assistant(
+        spec, settings, "hi", tools=[], model=ScriptedChatModel(script=[answer])
+    )
     t = res.trace
     assert t.energy_j is None and t.energy_source is None
     assert t.cost_usd == pytest.approx((10 * 3.0 + 5 * 15.0) / 1e6)
 
     spec.intelligence.model = "some-model-without-a-price"
-    res = await run_assistant(spec, settings, "hi", tools=[],
-                              model=ScriptedChatModel(script=["hi"]))
+    res = await run_assistant(
+        spec, settings, "hi", tools=[], model=ScriptedChatModel(script=["hi"])
+    )
     assert res.trace.cost_usd is None
 
 
@@ -384,20 +421,29 @@ def test_electricity_price_from_env():
 
 def test_per_query_means_or_batch_energy_or_not_measured():
     # every run measured: the mean
-    assert per_query(energy_j=[2.0, 4.0], cost_usd=[None, None], usd_per_kwh=0.36
-                     ) == (pytest.approx(3.0), pytest.approx(3.0 / 3.6e6 * 0.36))
+    assert per_query(energy_j=[2.0, 4.0], cost_usd=[None, None], usd_per_kwh=0.36) == (
+        pytest.approx(3.0),
+        pytest.approx(3.0 / 3.6e6 * 0.36),
+    )
     # overlapping fresh runs measured as a batch, one reused run with its own reading
-    joules, _ = per_query(energy_j=[None, None, 3.0], cost_usd=[None] * 3,
-                          fresh=[True, True, False], batch_energy_j=9.0)
+    joules, _ = per_query(
+        energy_j=[None, None, 3.0],
+        cost_usd=[None] * 3,
+        fresh=[True, True, False],
+        batch_energy_j=9.0,
+    )
     assert joules == pytest.approx(4.0)
     # a reused run without a reading: the total is unknown
-    assert per_query(energy_j=[None, None], cost_usd=[None, None], fresh=[True, False],
-                     batch_energy_j=9.0) == (None, None)
+    assert per_query(
+        energy_j=[None, None], cost_usd=[None, None], fresh=[True, False], batch_energy_j=9.0
+    ) == (None, None)
     # no counter at all
     assert per_query(energy_j=[None], cost_usd=[None]) == (None, None)
     # a cloud model: costs known per run, energy not measured
-    assert per_query(energy_j=[None, None], cost_usd=[0.01, 0.03], local=False
-                     ) == (None, pytest.approx(0.02))
+    assert per_query(energy_j=[None, None], cost_usd=[0.01, 0.03], local=False) == (
+        None,
+        pytest.approx(0.02),
+    )
 
 
 # --------------------------------------------------------------------------- trace storage
@@ -406,7 +452,8 @@ def test_per_query_means_or_batch_energy_or_not_measured():
 def test_an_old_trace_database_gains_the_telemetry_columns(tmp_path):
     path = tmp_path / "traces.db"
     conn = sqlite3.connect(path)
-    conn.executescript(textwrap.dedent("""
+    conn.executescript(
+        textwrap.dedent("""
         create table traces (id text primary key, created_at float, query text,
           spec_hash text, thread_id text, loop text, model text, backend text, status text,
           final_answer text, error text, messages text, latency_s float,
@@ -414,21 +461,32 @@ def test_an_old_trace_database_gains_the_telemetry_columns(tmp_path):
           feedback float, sensitive integer, source text);
         insert into traces values ('old1', 1.0, 'q', 'h', 't', 'react', 'm', 'embedded',
           'ok', 'a', null, '[]', 0.5, 1, 2, 1, null, 0, 'cli');
-    """))
+    """)
+    )
     conn.commit()
     conn.close()
     store = TraceStore(path)
     old = store.get("old1")
     assert old.final_answer == "a"
     assert (old.energy_j, old.energy_source, old.cost_usd, old.tokens_per_s) == (None,) * 4
-    t = store.start(query="q2", spec_hash="h", thread_id="t", loop="react", model="m",
-                    backend="embedded")
+    t = store.start(
+        query="q2", spec_hash="h", thread_id="t", loop="react", model="m", backend="embedded"
+    )
     t.status, t.energy_j, t.energy_source, t.cost_usd, t.tokens_per_s = (
-        "ok", 12.5, "rapl", 5e-7, 33.0)
+        "ok",
+        12.5,
+        "rapl",
+        5e-7,
+        33.0,
+    )
     store.finish(t)
     again = TraceStore(path).get(t.id)  # reopening migrates nothing twice
     assert (again.energy_j, again.energy_source, again.cost_usd, again.tokens_per_s) == (
-        12.5, "rapl", 5e-7, 33.0)
+        12.5,
+        "rapl",
+        5e-7,
+        33.0,
+    )
 
 
 # --------------------------------------------------------------------------- bench run
@@ -436,8 +494,8 @@ def test_an_old_trace_database_gains_the_telemetry_columns(tmp_path):
 
 def _bench(monkeypatch, *extra: str):
     from homespun.cli import app
-    from homespun.learning import evaluation
     from homespun.graphs import search_loop
+    from homespun.learning import evaluation
     from tests.learning.toy import StudentFactory, ToyBenchmark
 
     bench = ToyBenchmark(per_category=2)
@@ -449,8 +507,9 @@ def _bench(monkeypatch, *extra: str):
 
     monkeypatch.setattr(evaluation, "evaluate", evaluate)
     assert runner.invoke(app, ["init"]).exit_code == 0
-    return runner.invoke(app, ["bench", "run", "--benchmark", "toy", *extra],
-                         env={"COLUMNS": "160"})
+    return runner.invoke(
+        app, ["bench", "run", "--benchmark", "toy", *extra], env={"COLUMNS": "160"}
+    )
 
 
 def test_bench_run_reports_energy_and_cost_as_not_measured_here(home, monkeypatch):
@@ -469,8 +528,11 @@ def test_bench_run_reports_energy_and_cost_as_not_measured_here(home, monkeypatc
 def test_bench_run_reports_measured_joules_and_dollars(home, monkeypatch, concurrency):
     gpus = FakeGpus(monkeypatch)
     # each read of the counter sees the GPUs 1 J further on
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption",
-                        lambda h: (gpus.work(1000, 0), gpus.mj[h[1]])[1])
+    monkeypatch.setattr(
+        pynvml,
+        "nvmlDeviceGetTotalEnergyConsumption",
+        lambda h: (gpus.work(1000, 0), gpus.mj[h[1]])[1],
+    )
     res = _bench(monkeypatch, "--concurrency", concurrency)
     assert res.exit_code == 0, res.output
     all_row = next(line for line in res.output.splitlines() if " all " in line)

@@ -723,8 +723,12 @@ def test_real_model_calls_calculator_through_constrained_json() -> None:
 
     server = get_embedded_server(_real_model_path(), n_ctx=2048)
     inner = ChatOpenAI(
-        base_url=server.base_url, api_key=server.api_key, model="local", temperature=0,
-        max_tokens=96, max_retries=0,
+        base_url=server.base_url,
+        api_key=server.api_key,
+        model="local",
+        temperature=0,
+        max_tokens=96,
+        max_retries=0,
     )
     model = ToolCallingChatModel(inner=inner, tool_call_format="constrained_json").bind_tools(
         [calculator]

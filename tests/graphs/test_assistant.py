@@ -34,18 +34,19 @@ def spec_with(loop: str = "react", **agent) -> Spec:
 
 async def test_simple_loop_makes_one_call_without_tools(settings):
     model = ScriptedChatModel(script=["Hello!"])
-    res = await run_assistant(spec_with("simple"), settings, "hi", model=model,
-                              tools=[calculator])
+    res = await run_assistant(spec_with("simple"), settings, "hi", model=model, tools=[calculator])
     assert res.trace.status == "ok" and res.answer == "Hello!"
     assert len(model.calls) == 1
     assert model.calls[0]["tools"] == []  # the simple loop offers no tools
 
 
 async def test_react_loop_calls_tool_then_answers(settings):
-    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"}),
-                                      "37 * 41 = 1517"])
-    res = await run_assistant(spec_with("react"), settings, "37*41?", model=model,
-                              tools=[calculator])
+    model = ScriptedChatModel(
+        script=[tool_call("calculator", {"expression": "37 * 41"}), "37 * 41 = 1517"]
+    )
+    res = await run_assistant(
+        spec_with("react"), settings, "37*41?", model=model, tools=[calculator]
+    )
     t = res.trace
     assert t.status == "ok" and t.final_answer == "37 * 41 = 1517"
     assert [(c.name, c.arguments, c.result) for c in t.tool_calls] == [
@@ -62,8 +63,9 @@ async def test_react_loop_calls_tool_then_answers(settings):
 
 async def test_react_loop_stops_at_max_turns_and_records_an_error(settings):
     model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "1 * 1"})] * 3)
-    res = await run_assistant(spec_with("react", max_turns=3), settings, "loop forever",
-                              model=model, tools=[calculator])
+    res = await run_assistant(
+        spec_with("react", max_turns=3), settings, "loop forever", model=model, tools=[calculator]
+    )
     assert res.trace.status == "error"
     assert res.trace.error == "turn limit: 3 model calls used without a final answer"
     assert res.trace.stop_reason is StopReason.TURN_LIMIT
@@ -72,20 +74,27 @@ async def test_react_loop_stops_at_max_turns_and_records_an_error(settings):
 
 
 async def test_plan_execute_stops_at_max_turns_with_the_turn_limit_reason(settings):
-    model = ScriptedChatModel(script=["1. Multiply\n2. Multiply again",
-                                      tool_call("calculator", {"expression": "2 * 2"}),
-                                      tool_call("calculator", {"expression": "3 * 3"})])
-    res = await run_assistant(spec_with("plan_execute", max_turns=3), settings, "q",
-                              model=model, tools=[calculator])
+    model = ScriptedChatModel(
+        script=[
+            "1. Multiply\n2. Multiply again",
+            tool_call("calculator", {"expression": "2 * 2"}),
+            tool_call("calculator", {"expression": "3 * 3"}),
+        ]
+    )
+    res = await run_assistant(
+        spec_with("plan_execute", max_turns=3), settings, "q", model=model, tools=[calculator]
+    )
     assert res.trace.status == "error" and res.trace.stop_reason is StopReason.TURN_LIMIT
 
 
 async def test_unknown_tool_and_bad_arguments_reach_the_model_as_errors(settings):
-    model = ScriptedChatModel(script=[
-        tool_call("weather", {"city": "Oslo"}),
-        tool_call("calculator", {"wrong": 1}),
-        "sorry",
-    ])
+    model = ScriptedChatModel(
+        script=[
+            tool_call("weather", {"city": "Oslo"}),
+            tool_call("calculator", {"wrong": 1}),
+            "sorry",
+        ]
+    )
     res = await run_assistant(spec_with("react"), settings, "q", model=model, tools=[calculator])
     first, second = res.trace.tool_calls
     assert "unknown tool 'weather'" in first.error and "calculator" in first.error
@@ -94,15 +103,18 @@ async def test_unknown_tool_and_bad_arguments_reach_the_model_as_errors(settings
 
 
 async def test_plan_execute_plans_runs_each_step_then_answers(settings):
-    model = ScriptedChatModel(script=[
-        "1. Multiply with the calculator\n2. Report the product",
-        tool_call("calculator", {"expression": "6 * 7"}),
-        "The product is 42.",
-        "Reported.",
-        "42",
-    ])
-    res = await run_assistant(spec_with("plan_execute"), settings, "6*7?", model=model,
-                              tools=[calculator])
+    model = ScriptedChatModel(
+        script=[
+            "1. Multiply with the calculator\n2. Report the product",
+            tool_call("calculator", {"expression": "6 * 7"}),
+            "The product is 42.",
+            "Reported.",
+            "42",
+        ]
+    )
+    res = await run_assistant(
+        spec_with("plan_execute"), settings, "6*7?", model=model, tools=[calculator]
+    )
     assert res.trace.status == "ok" and res.answer == "42"
     assert [c.result for c in res.trace.tool_calls] == ["42"]
     plan_call, step1, _, step2, answer = model.calls
@@ -119,8 +131,11 @@ def test_parse_plan_handles_numbers_bullets_and_prose():
 
 
 async def test_system_prompt_and_few_shot_come_from_the_spec(settings):
-    spec = spec_with("simple", system_prompt="You are a pirate.",
-                     few_shot=[FewShotExample(user="2+2?", assistant="4, arr")])
+    spec = spec_with(
+        "simple",
+        system_prompt="You are a pirate.",
+        few_shot=[FewShotExample(user="2+2?", assistant="4, arr")],
+    )
     model = ScriptedChatModel(script=["Arr"])
     await run_assistant(spec, settings, "hi", model=model, tools=[])
     sent = model.calls[0]["messages"]
@@ -130,19 +145,27 @@ async def test_system_prompt_and_few_shot_come_from_the_spec(settings):
 
 async def test_tool_policy_required_first_and_none(settings):
     model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "2 * 2"}), "4"])
-    await run_assistant(spec_with("react", tool_policy="required_first"), settings, "2*2",
-                        model=model, tools=[calculator])
+    await run_assistant(
+        spec_with("react", tool_policy="required_first"),
+        settings,
+        "2*2",
+        model=model,
+        tools=[calculator],
+    )
     assert [c["tool_choice"] for c in model.calls] == ["required", None]
 
     model = ScriptedChatModel(script=["no tools here"])
-    await run_assistant(spec_with("react", tool_policy="none"), settings, "2*2", model=model,
-                        tools=[calculator])
+    await run_assistant(
+        spec_with("react", tool_policy="none"), settings, "2*2", model=model, tools=[calculator]
+    )
     assert model.calls[0]["tools"] == []
 
 
 async def test_verifier_sends_the_agent_back_once(settings):
-    spec = spec_with("react", verifiers=[VerifierSpec(kind="regex", pattern=r"\d+",
-                                                      feedback="Answer with a number.")])
+    spec = spec_with(
+        "react",
+        verifiers=[VerifierSpec(kind="regex", pattern=r"\d+", feedback="Answer with a number.")],
+    )
     model = ScriptedChatModel(script=["about forty", "42"])
     res = await run_assistant(spec, settings, "6*7?", model=model, tools=[calculator])
     assert res.answer == "42"
@@ -152,8 +175,12 @@ async def test_verifier_sends_the_agent_back_once(settings):
 
 
 async def test_an_answer_that_still_fails_the_verifier_stops_as_verifier_failed(settings):
-    spec = spec_with("react", verifiers=[VerifierSpec(kind="regex", pattern=r"\d+", retries=1,
-                                                      feedback="Answer with a number.")])
+    spec = spec_with(
+        "react",
+        verifiers=[
+            VerifierSpec(kind="regex", pattern=r"\d+", retries=1, feedback="Answer with a number.")
+        ],
+    )
     model = ScriptedChatModel(script=["about forty", "roughly forty"])
     res = await run_assistant(spec, settings, "6*7?", model=model, tools=[calculator])
     # The answer stands (status ok), but the trace says the verifier rejected it.
@@ -169,8 +196,7 @@ async def test_conversation_persists_on_a_thread(settings):
     model = ScriptedChatModel(script=["Nice to meet you, Ada.", count_questions])
     spec = spec_with("simple", few_shot=[])
     await run_assistant(spec, settings, "I am Ada", model=model, tools=[], thread_id="t1")
-    res = await run_assistant(spec, settings, "Who am I?", model=model, tools=[],
-                              thread_id="t1")
+    res = await run_assistant(spec, settings, "Who am I?", model=model, tools=[], thread_id="t1")
     assert res.answer == "seen 2"  # the first question came back from threads.db
     assert settings.threads_db.exists()
 
@@ -193,8 +219,9 @@ class _NoToolsModel(ScriptedChatModel):
 
 
 async def test_a_model_that_cannot_take_tools_is_an_engine_error(settings):
-    res = await run_assistant(spec_with("react"), settings, "q",
-                              model=_NoToolsModel(script=["a"]), tools=[calculator])
+    res = await run_assistant(
+        spec_with("react"), settings, "q", model=_NoToolsModel(script=["a"]), tools=[calculator]
+    )
     assert res.trace.stop_reason is StopReason.ENGINE_ERROR
     assert res.trace.error == "NotImplementedError: this engine cannot call tools"
 
@@ -223,8 +250,7 @@ async def test_any_other_failure_is_an_internal_error(settings, monkeypatch):
     # Too few graph steps for one tool round trip: LangGraph's recursion limit stops the run.
     monkeypatch.setattr(runner_mod, "recursion_limit", lambda spec: 2)
     model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "1 * 1"}), "1"])
-    res = await run_assistant(spec_with("react"), settings, "q", model=model,
-                              tools=[calculator])
+    res = await run_assistant(spec_with("react"), settings, "q", model=model, tools=[calculator])
     assert res.trace.status == "error" and res.trace.stop_reason is StopReason.INTERNAL_ERROR
     assert res.trace.error.startswith("GraphRecursionError")
 
@@ -232,8 +258,16 @@ async def test_any_other_failure_is_an_internal_error(settings, monkeypatch):
 def test_a_graph_that_ends_without_an_answer_stops_as_no_answer():
     # No loop ends this way today (a tool call left hanging always goes to turn_limit);
     # the runner still names it if one ever does.
-    t = Trace(id="x", created_at=0.0, query="q", spec_hash="h", thread_id="t", loop="react",
-              model="m", backend="b")
+    t = Trace(
+        id="x",
+        created_at=0.0,
+        query="q",
+        spec_hash="h",
+        thread_id="t",
+        loop="react",
+        model="m",
+        backend="b",
+    )
     runner_mod._fill_trace(t, [tool_call("calculator", {"expression": "1 * 1"})], {}, 3)
     assert t.status == "error" and t.stop_reason is StopReason.NO_ANSWER
     assert t.error == "the run ended without a final answer"
@@ -251,8 +285,9 @@ async def test_a_cancelled_run_says_so_in_its_trace(settings):
 
     model = ScriptedChatModel(script=[tool_call("slow", {"x": "1"}), "never"])
     store = TraceStore(settings.traces_db)
-    task = asyncio.create_task(run_assistant(spec_with("react"), settings, "q", model=model,
-                                             tools=[slow], store=store))
+    task = asyncio.create_task(
+        run_assistant(spec_with("react"), settings, "q", model=model, tools=[slow], store=store)
+    )
     await asyncio.wait_for(started.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -263,11 +298,13 @@ async def test_a_cancelled_run_says_so_in_its_trace(settings):
 
 
 async def test_streaming_delivers_answer_tokens_only(settings):
-    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "2 * 3"}),
-                                      "the answer is 6"])
+    model = ScriptedChatModel(
+        script=[tool_call("calculator", {"expression": "2 * 3"}), "the answer is 6"]
+    )
     tokens: list[str] = []
-    res = await run_assistant(spec_with("react"), settings, "2*3", model=model,
-                              tools=[calculator], on_token=tokens.append)
+    res = await run_assistant(
+        spec_with("react"), settings, "2*3", model=model, tools=[calculator], on_token=tokens.append
+    )
     assert "".join(tokens) == "the answer is 6" == res.answer
     assert len(tokens) > 1
 
@@ -275,18 +312,21 @@ async def test_streaming_delivers_answer_tokens_only(settings):
 @pytest.mark.parametrize("loop", ["simple", "react", "plan_execute"])
 async def test_every_loop_records_a_trace_row(settings, loop):
     script = {"simple": ["a"], "react": ["a"], "plan_execute": ["1. x", "done", "a"]}[loop]
-    res = await run_assistant(spec_with(loop), settings, "q",
-                              model=ScriptedChatModel(script=script), tools=[calculator])
+    res = await run_assistant(
+        spec_with(loop), settings, "q", model=ScriptedChatModel(script=script), tools=[calculator]
+    )
     row = TraceStore(settings.traces_db).get(res.trace.id)
     assert row.loop == loop and row.status == "ok" and row.final_answer == "a"
 
 
 async def test_repeat_guard_asks_for_the_answer_instead_of_rerunning_a_tool(settings):
     again = tool_call("calculator", {"expression": "37 * 41"})
-    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"}),
-                                      again, "1517"])
-    res = await run_assistant(spec_with("react"), settings, "37*41?", model=model,
-                              tools=[calculator])
+    model = ScriptedChatModel(
+        script=[tool_call("calculator", {"expression": "37 * 41"}), again, "1517"]
+    )
+    res = await run_assistant(
+        spec_with("react"), settings, "37*41?", model=model, tools=[calculator]
+    )
     assert res.trace.status == "ok" and res.answer == "1517"
     assert len(res.trace.tool_calls) == 1  # the repeat was not run
     last = model.calls[2]
@@ -295,7 +335,12 @@ async def test_repeat_guard_asks_for_the_answer_instead_of_rerunning_a_tool(sett
     assert res.trace.stop_reason is StopReason.REPEAT_GUARD
 
     model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"})] * 3)
-    res = await run_assistant(spec_with("react", repeat_guard=False, max_turns=3), settings,
-                              "37*41?", model=model, tools=[calculator])
+    res = await run_assistant(
+        spec_with("react", repeat_guard=False, max_turns=3),
+        settings,
+        "37*41?",
+        model=model,
+        tools=[calculator],
+    )
     assert res.trace.status == "error" and len(res.trace.tool_calls) == 3
     assert res.trace.stop_reason is StopReason.TURN_LIMIT

@@ -52,8 +52,9 @@ def _free_port() -> int:
 
 
 def _server_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(_UNSET_PREFIXES) and k not in _UNSET}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(_UNSET_PREFIXES) and k not in _UNSET
+    }
     env.update(_OFFLINE_ENV)
     # The venv this test runs in holds the `langgraph` CLI and an editable homespun.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -108,10 +109,22 @@ async def test_langgraph_dev_runs_the_assistant_with_mcp_tools(settings, model_p
     had_state_dir = state_dir.exists()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [langgraph, "dev", "--host", "127.0.0.1", "--port", str(port),
-             "--no-browser", "--no-reload"],
-            cwd=REPO, env=_server_env(), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                langgraph,
+                "dev",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-browser",
+                "--no-reload",
+            ],
+            cwd=REPO,
+            env=_server_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     started = time.monotonic()
     try:
@@ -122,26 +135,37 @@ async def test_langgraph_dev_runs_the_assistant_with_mcp_tools(settings, model_p
         assistants = {a["graph_id"]: a for a in await client.assistants.search()}
         assert {"assistant", "search"} <= set(assistants), assistants
         # Drawing a graph builds it through its factory inside the server.
-        search_nodes = {n["id"] for n in
-                        (await client.assistants.get_graph(
-                            assistants["search"]["assistant_id"]))["nodes"]}
+        search_nodes = {
+            n["id"]
+            for n in (await client.assistants.get_graph(assistants["search"]["assistant_id"]))[
+                "nodes"
+            ]
+        }
         assert {"diagnose", "plan", "execute", "gate"} <= search_nodes
         # Studio's form for a search run's context: the JSON its factory's graph takes.
-        search_context = (await client.assistants.get_schemas(
-            assistants["search"]["assistant_id"]))["context_schema"]
+        search_context = (
+            await client.assistants.get_schemas(assistants["search"]["assistant_id"])
+        )["context_schema"]
         assert {"benchmark", "proposer"} <= set(search_context["properties"]), search_context
 
         thread = await client.threads.create()
-        final = await asyncio.wait_for(client.runs.wait(
-            thread["thread_id"], "assistant",
-            input={"messages": [{"role": "user",
-                                 "content": "What is 2 + 2? Use the calculator."}],
-                   "turns": 0},
-            raise_error=True,  # a run that failed in the server raises here
-        ), RUN_TIMEOUT_S)
+        final = await asyncio.wait_for(
+            client.runs.wait(
+                thread["thread_id"],
+                "assistant",
+                input={
+                    "messages": [{"role": "user", "content": "What is 2 + 2? Use the calculator."}],
+                    "turns": 0,
+                },
+                raise_error=True,  # a run that failed in the server raises here
+            ),
+            RUN_TIMEOUT_S,
+        )
 
-        print(f"assistant run done after {time.monotonic() - started:.1f} s, "
-              f"{final.get('turns')} turns")
+        print(
+            f"assistant run done after {time.monotonic() - started:.1f} s, "
+            f"{final.get('turns')} turns"
+        )
         messages = final["messages"]
         assert messages[-1]["type"] == "ai", messages[-1]
         assert not messages[-1].get("tool_calls"), messages[-1]

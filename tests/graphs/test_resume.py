@@ -21,9 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _driver(home: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "HOMESPUN_HOME": str(home), "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "tests.fixtures.search_driver", *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.fixtures.search_driver", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow

@@ -14,34 +14,55 @@ from typer.testing import CliRunner
 
 from homespun.cli import app
 from homespun.engines.testing import ScriptedChatModel, tool_call
-from homespun.home import init_home
 from homespun.graphs import search_loop
+from homespun.home import init_home
+from homespun.spec import load_spec
 from homespun.stores.checkpoints import CheckpointRepo
 from homespun.stores.learning import LearningStore
-from homespun.spec import load_spec
-
 from tests.learning.toy import StudentFactory, ToyBenchmark
 
 PROPOSALS = [
-    {"target_cluster": "recall", "rationale": "more memories per search",
-     "ops": [{"op": "set_memory_param", "param": "top_k", "value": 9}]},
-    {"target_cluster": "math", "rationale": "hotter sampling",
-     "ops": [{"op": "set_generation_param", "param": "temperature", "value": 1.5}]},
-    {"target_cluster": "math", "rationale": "tell it to use the calculator",
-     "ops": [{"op": "patch_system_prompt", "mode": "append", "text": "USE-CALC"}]},
+    {
+        "target_cluster": "recall",
+        "rationale": "more memories per search",
+        "ops": [{"op": "set_memory_param", "param": "top_k", "value": 9}],
+    },
+    {
+        "target_cluster": "math",
+        "rationale": "hotter sampling",
+        "ops": [{"op": "set_generation_param", "param": "temperature", "value": 1.5}],
+    },
+    {
+        "target_cluster": "math",
+        "rationale": "tell it to use the calculator",
+        "ops": [{"op": "patch_system_prompt", "mode": "append", "text": "USE-CALC"}],
+    },
 ]
 
 
 def teacher_script() -> ScriptedChatModel:
     """Diagnoses, solves the re-run tasks itself (teacher success rate), then proposes."""
-    report = {"clusters": [
-        {"id": "math", "name": "math answers wrong", "categories": ["math"],
-         "skill_gap": "does not compute"},
-        {"id": "recall", "name": "recall misses", "categories": ["recall"],
-         "skill_gap": "memory search too narrow"},
-    ], "summary": "two clusters"}
-    jobs = [tool_call("report_diagnosis", report),
-            tool_call("submit_proposals", {"proposals": PROPOSALS})]
+    report = {
+        "clusters": [
+            {
+                "id": "math",
+                "name": "math answers wrong",
+                "categories": ["math"],
+                "skill_gap": "does not compute",
+            },
+            {
+                "id": "recall",
+                "name": "recall misses",
+                "categories": ["recall"],
+                "skill_gap": "memory search too narrow",
+            },
+        ],
+        "summary": "two clusters",
+    }
+    jobs = [
+        tool_call("report_diagnosis", report),
+        tool_call("submit_proposals", {"proposals": PROPOSALS}),
+    ]
 
     def reply(messages):
         from langchain_core.messages import HumanMessage
@@ -71,8 +92,14 @@ async def test_full_session_accepts_rejects_pauses_and_rolls_back(settings, toy)
     student = StudentFactory()
     events: list[str] = []
     result = await search_loop.run_search(
-        settings, benchmark="toy", proposer="llm", sessions=1, student=student,
-        teacher=teacher_script(), on_event=lambda e, d: events.append(e))
+        settings,
+        benchmark="toy",
+        proposer="llm",
+        sessions=1,
+        student=student,
+        teacher=teacher_script(),
+        on_event=lambda e, d: events.append(e),
+    )
     store = LearningStore(settings.learning_db)
     sid = result.sessions[0]
     rows = {p["target"] + ":" + json.loads(p["ops"])[0]["op"]: p for p in store.proposals(sid)}
@@ -100,8 +127,9 @@ async def test_full_session_accepts_rejects_pauses_and_rolls_back(settings, toy)
     commits_before = len(git_log(settings))
 
     # approve -> still gated -> accepted and committed
-    approved = await search_loop.decide_review(settings, review["id"], approve=True,
-                                               student=student, teacher=teacher_script())
+    approved = await search_loop.decide_review(
+        settings, review["id"], approve=True, student=student, teacher=teacher_script()
+    )
     assert approved.stopped_because == "session finished"
     assert store.proposal(review["id"])["status"] == "accepted"
     assert "USE-CALC" in load_spec(settings.spec_path).agent.system_prompt
@@ -129,12 +157,19 @@ async def test_rejecting_in_review_leaves_no_trace_on_disk(settings, toy):
     init_home(settings)
     student = StudentFactory()
     teacher = teacher_script()
-    result = await search_loop.run_search(settings, benchmark="toy", proposer="llm",
-                                          student=student, teacher=teacher)
+    result = await search_loop.run_search(
+        settings, benchmark="toy", proposer="llm", student=student, teacher=teacher
+    )
     text_before = settings.spec_path.read_text()
     n_commits = len(git_log(settings))
-    await search_loop.decide_review(settings, result.paused_proposal, approve=False,
-                                    reason="too blunt", student=student, teacher=teacher)
+    await search_loop.decide_review(
+        settings,
+        result.paused_proposal,
+        approve=False,
+        reason="too blunt",
+        student=student,
+        teacher=teacher,
+    )
     store = LearningStore(settings.learning_db)
     row = store.proposal(result.paused_proposal)
     assert (row["status"], row["reason"]) == ("review_rejected", "too blunt")
@@ -146,8 +181,9 @@ async def test_a_dirty_spec_stops_a_session(settings, toy):
     init_home(settings)
     settings.spec_path.write_text(settings.spec_path.read_text().replace("top_k = 5", "top_k = 6"))
     with pytest.raises(Exception, match="commit or revert manual changes first"):
-        await search_loop.run_search(settings, benchmark="toy", proposer="random",
-                                     student=StudentFactory())
+        await search_loop.run_search(
+            settings, benchmark="toy", proposer="random", student=StudentFactory()
+        )
 
 
 async def test_an_unchanged_spec_is_never_re_run(settings, toy):

@@ -17,8 +17,9 @@ async def test_stateless_tools_call_the_core_server_subprocess(settings):
     spec = load_spec(settings.spec_path)
     loaded = await load_tools_stateless(spec, settings)
     calc = loaded.by_name()["calculator"]
-    out = await calc.ainvoke({"type": "tool_call", "name": "calculator",
-                              "args": {"expression": "6 * 7"}, "id": "1"})
+    out = await calc.ainvoke(
+        {"type": "tool_call", "name": "calculator", "args": {"expression": "6 * 7"}, "id": "1"}
+    )
     assert out.content[0]["text"] == "42" if isinstance(out.content, list) else out.content == "42"
     assert calc.description == spec.tools.servers[0].descriptions["calculator"]
 
@@ -57,17 +58,20 @@ async def test_search_graph_runs_on_the_json_context_studio_sends(settings, monk
     # As the server does: the factory's graph, with the server's checkpointer put in.
     graph = studio.search().copy(update={"checkpointer": InMemorySaver()})
     assert graph.get_context_jsonschema()["properties"].keys() == {
-        "benchmark", "proposer", "concurrency"}
+        "benchmark",
+        "proposer",
+        "concurrency",
+    }
     config = {"configurable": {"thread_id": "studio-1"}}
     context = {"benchmark": "toy", "proposer": "random"}
-    result = await graph.ainvoke({"status": "running", "approvals": {}}, config,
-                                 context=context)
+    result = await graph.ainvoke({"status": "running", "approvals": {}}, config, context=context)
     assert len(built) == 1  # one context for every node of the run
     assert built[0].proposer.name == "random" and built[0].meter is not None
     runs = 1
     while "__interrupt__" in result:  # a review-tier proposal: rejected, in a new run
-        result = await graph.ainvoke(Command(resume={"approve": False, "reason": "no"}),
-                                     config, context=context)
+        result = await graph.ainvoke(
+            Command(resume={"approve": False, "reason": "no"}), config, context=context
+        )
         runs += 1
     assert len(built) == runs and result["status"] == "done"
     assert LearningStore(settings.learning_db).session(result["session_id"]).benchmark == "toy"

@@ -8,29 +8,38 @@ import json
 
 import pytest
 
-from homespun.home import init_home
-from homespun.graphs import search_loop
-from homespun.stores.learning import LearningStore
-from homespun.learning.tasks import Task
 from homespun.engines.providers import build_teacher
+from homespun.graphs import search_loop
+from homespun.home import init_home
+from homespun.learning.tasks import Task
 from homespun.spec import load_spec
-
+from homespun.stores.learning import LearningStore
 from tests.learning.toy import CATEGORIES, StudentFactory, ToyBenchmark
 from tests.stubs import anthropic_text, anthropic_tool_use
 
 from .test_search_session import PROPOSALS
 
-EMAIL, PHONE, KEY = "ada.lovelace@example.org", "+1 415 555 0134", \
-    "sk-ant-api03-Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm"
+EMAIL, PHONE, KEY = (
+    "ada.lovelace@example.org",
+    "+1 415 555 0134",
+    "sk-ant-api03-Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNm",
+)
 
 
 class PrivateToy(ToyBenchmark):
     """Queries carry an e-mail address, a phone number and an API key."""
 
     def tasks(self) -> list[Task]:
-        return [Task(id=f"{c}-{i}", query=f"Q:{c}:{c}-{i}-gold (mail {EMAIL}, call {PHONE}, "
-                     f"key {KEY})", category=c, gold=f"{c}-{i}-gold")
-                for c in CATEGORIES for i in range(self.per_category)]
+        return [
+            Task(
+                id=f"{c}-{i}",
+                query=f"Q:{c}:{c}-{i}-gold (mail {EMAIL}, call {PHONE}, key {KEY})",
+                category=c,
+                gold=f"{c}-{i}-gold",
+            )
+            for c in CATEGORIES
+            for i in range(self.per_category)
+        ]
 
 
 class PrivateStudent(StudentFactory):
@@ -51,25 +60,39 @@ class PrivateStudent(StudentFactory):
 
 
 async def test_session_with_the_anthropic_client_never_sends_private_data(
-        settings, http_stub, monkeypatch):
+    settings, http_stub, monkeypatch
+):
     url, server = http_stub.base_url, http_stub
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
     bench = PrivateToy()
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
     init_home(settings)
-    report = {"clusters": [
-        {"id": "math", "name": "math answers wrong", "categories": ["math"],
-         "skill_gap": "does not compute"},
-        {"id": "recall", "name": "recall misses", "categories": ["recall"],
-         "skill_gap": "memory search too narrow"}], "summary": "two clusters"}
+    report = {
+        "clusters": [
+            {
+                "id": "math",
+                "name": "math answers wrong",
+                "categories": ["math"],
+                "skill_gap": "does not compute",
+            },
+            {
+                "id": "recall",
+                "name": "recall misses",
+                "categories": ["recall"],
+                "skill_gap": "memory search too narrow",
+            },
+        ],
+        "summary": "two clusters",
+    }
     server.replies = [
         anthropic_tool_use("report_diagnosis", report, (1200, 300)),
         *[anthropic_text("I cannot tell.", (100, 10)) for _ in range(4)],  # teacher re-runs
         anthropic_tool_use("submit_proposals", {"proposals": PROPOSALS[:2]}, (1500, 400)),
     ]
     teacher = build_teacher("anthropic:claude-opus-4-6", base_url=url)
-    result = await search_loop.run_search(settings, benchmark="toy", proposer="llm",
-                                          student=PrivateStudent(), teacher=teacher)
+    result = await search_loop.run_search(
+        settings, benchmark="toy", proposer="llm", student=PrivateStudent(), teacher=teacher
+    )
     store = LearningStore(settings.learning_db)
     sid = result.sessions[0]
     statuses = {json.loads(p["ops"])[0]["op"]: p["status"] for p in store.proposals(sid)}

@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 import pytest
 
 from homespun.engines.testing import ScriptedChatModel, tool_call
-from homespun.home import init_home
 from homespun.graphs import search_loop
-from homespun.stores.checkpoints import CheckpointRepo
-from homespun.stores.learning import LearningStore
+from homespun.home import init_home
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
 from homespun.spec import load_spec, save_spec
+from homespun.stores.checkpoints import CheckpointRepo
+from homespun.stores.learning import LearningStore
 
 CODE = "PINEAPPLE-42"
 PLACES = ("garden", "garage", "cellar", "attic", "boat", "office", "cabin", "studio")
@@ -27,8 +27,15 @@ class CodewordBenchmark:
     version = "1"
 
     def tasks(self):
-        return [Task(id=f"code-{p}", query=f"What is the secret code word for the {p}?",
-                     category="codeword", gold=f"The code word is {CODE}.") for p in PLACES]
+        return [
+            Task(
+                id=f"code-{p}",
+                query=f"What is the secret code word for the {p}?",
+                category="codeword",
+                gold=f"The code word is {CODE}.",
+            )
+            for p in PLACES
+        ]
 
     @asynccontextmanager
     async def environment(self, task, spec, settings):
@@ -40,21 +47,40 @@ class CodewordBenchmark:
 
 
 def teacher():
-    report = {"clusters": [{"id": "codeword", "name": "does not know the code word",
-                            "categories": ["codeword"], "skill_gap": "never learned it"}]}
+    report = {
+        "clusters": [
+            {
+                "id": "codeword",
+                "name": "does not know the code word",
+                "categories": ["codeword"],
+                "skill_gap": "never learned it",
+            }
+        ]
+    }
     proposals = [
-        {"target_cluster": "codeword", "rationale": "teach it",
-         "ops": [{"op": "train_lora", "steps": 30, "rank": 8, "learning_rate": 0.002}]},
-        {"target_cluster": "codeword", "rationale": "a token effort",
-         "ops": [{"op": "train_lora", "steps": 1, "rank": 4, "learning_rate": 0.00001}]},
+        {
+            "target_cluster": "codeword",
+            "rationale": "teach it",
+            "ops": [{"op": "train_lora", "steps": 30, "rank": 8, "learning_rate": 0.002}],
+        },
+        {
+            "target_cluster": "codeword",
+            "rationale": "a token effort",
+            "ops": [{"op": "train_lora", "steps": 1, "rank": 4, "learning_rate": 0.00001}],
+        },
     ]
-    return ScriptedChatModel(script=[tool_call("report_diagnosis", report),
-                                     tool_call("submit_proposals", {"proposals": proposals})])
+    return ScriptedChatModel(
+        script=[
+            tool_call("report_diagnosis", report),
+            tool_call("submit_proposals", {"proposals": proposals}),
+        ]
+    )
 
 
 @pytest.mark.slow
 async def test_train_lora_approved_trained_gated_committed_and_rejected_leaves_nothing(
-        settings, model_path, monkeypatch):
+    settings, model_path, monkeypatch
+):
     bench = CodewordBenchmark()
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
     init_home(settings)
@@ -69,13 +95,13 @@ async def test_train_lora_approved_trained_gated_committed_and_rejected_leaves_n
     repo.repo.index.commit("test settings")
     t = teacher()
 
-    first = await search_loop.run_search(settings, benchmark="codeword", proposer="llm",
-                                         teacher=t)
+    first = await search_loop.run_search(settings, benchmark="codeword", proposer="llm", teacher=t)
     store = LearningStore(settings.learning_db)
     assert first.paused_proposal  # train_lora is manual tier: it waits for a human
     assert store.proposal(first.paused_proposal)["tier"] == "manual"
-    second = await search_loop.decide_review(settings, first.paused_proposal, approve=True,
-                                             teacher=t)
+    second = await search_loop.decide_review(
+        settings, first.paused_proposal, approve=True, teacher=t
+    )
     accepted = store.proposal(first.paused_proposal)
     assert accepted["status"] == "accepted", accepted["reason"]
     adapters = load_spec(settings.spec_path).intelligence.adapters

@@ -18,8 +18,15 @@ from homespun.learning.training.gguf_lora import (  # noqa: E402
 
 N_HEAD, N_KV_HEAD, HEAD_DIM, HIDDEN, FFN, LAYERS, RANK = 4, 2, 8, 32, 48, 2, 4
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+GGUF_NAMES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
 
 
 def reference_rope_rows(rows: int, n_head: int) -> list[int]:
@@ -43,8 +50,13 @@ def tiny_adapter(tmp_path_factory) -> tuple[Path, dict, dict]:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=N_HEAD, num_key_value_heads=N_KV_HEAD, head_dim=HEAD_DIM,
+        vocab_size=64,
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=N_HEAD,
+        num_key_value_heads=N_KV_HEAD,
+        head_dim=HEAD_DIM,
     )
     model = get_peft_model(
         LlamaForCausalLM(config),
@@ -78,12 +90,22 @@ def test_names_shapes_metadata_and_qk_permutation(tiny_adapter, tmp_path):
     assert field("adapter.lora.alpha") == pytest.approx(11.0)
 
     found = {t.name: t for t in reader.tensors}
-    expected = {f"blk.{i}.{GGUF_NAMES[m]}.weight.lora_{ab}"
-                for i in range(LAYERS) for m in TARGETS for ab in "ab"}
+    expected = {
+        f"blk.{i}.{GGUF_NAMES[m]}.weight.lora_{ab}"
+        for i in range(LAYERS)
+        for m in TARGETS
+        for ab in "ab"
+    }
     assert set(found) == expected
-    out_dims = {"q_proj": N_HEAD * HEAD_DIM, "k_proj": N_KV_HEAD * HEAD_DIM,
-                "v_proj": N_KV_HEAD * HEAD_DIM, "o_proj": HIDDEN, "gate_proj": FFN,
-                "up_proj": FFN, "down_proj": HIDDEN}
+    out_dims = {
+        "q_proj": N_HEAD * HEAD_DIM,
+        "k_proj": N_KV_HEAD * HEAD_DIM,
+        "v_proj": N_KV_HEAD * HEAD_DIM,
+        "o_proj": HIDDEN,
+        "gate_proj": FFN,
+        "up_proj": FFN,
+        "down_proj": HIDDEN,
+    }
     in_dims = {"o_proj": N_HEAD * HEAD_DIM, "down_proj": FFN}
     for layer in range(LAYERS):
         for module in TARGETS:
@@ -122,15 +144,18 @@ def test_base_config_is_read_from_the_adapter_dir(tiny_adapter, tmp_path):
 def test_non_llama_bases_and_rslora_are_refused(tiny_adapter, tmp_path):
     adapter_dir, base_config, _ = tiny_adapter
     with pytest.raises(LoraConversionError, match="llama"):
-        convert_peft_to_gguf(adapter_dir, tmp_path / "x.gguf",
-                             base_config={**base_config, "model_type": "gpt2",
-                                          "architectures": ["GPT2LMHeadModel"]})
+        convert_peft_to_gguf(
+            adapter_dir,
+            tmp_path / "x.gguf",
+            base_config={**base_config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
+        )
     rs = tmp_path / "rs"
     rs.mkdir()
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     (rs / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
     (rs / "adapter_model.safetensors").write_bytes(
-        (adapter_dir / "adapter_model.safetensors").read_bytes())
+        (adapter_dir / "adapter_model.safetensors").read_bytes()
+    )
     with pytest.raises(LoraConversionError, match="rslora"):
         convert_peft_to_gguf(rs, tmp_path / "y.gguf", base_config=base_config)
     assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "y.gguf").exists()

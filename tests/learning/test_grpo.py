@@ -192,8 +192,14 @@ def test_the_loop_samples_scores_and_writes_a_peft_adapter(
     seen: list[grpo.StepStats] = []
     cfg = GRPOConfig(steps=3, group_size=3, prompts_per_step=2, max_new_tokens=8, rank=4, alpha=8)
     adapter = train_grpo(
-        tmp_path / "model.gguf", prompts, scorer, cfg, tmp_path / "out",
-        cache_dir=tmp_path / "cache", weights=RewardSpec(), on_step=seen.append,
+        tmp_path / "model.gguf",
+        prompts,
+        scorer,
+        cfg,
+        tmp_path / "out",
+        cache_dir=tmp_path / "cache",
+        weights=RewardSpec(),
+        on_step=seen.append,
     )
     # the same directory layout SFT writes, so the GGUF converter takes it as it is
     assert adapter == tmp_path / "out"
@@ -247,8 +253,14 @@ def test_energy_from_a_counter_enters_the_reward(
     cfg = GRPOConfig(steps=1, group_size=3, prompts_per_step=1, max_new_tokens=4, rank=4, alpha=8)
     # equal accuracy everywhere: only the efficiency terms separate the completions
     out = train_grpo(
-        tmp_path / "m.gguf", [[{"role": "user", "content": "hi"}]], lambda i, t: 1.0, cfg,
-        tmp_path / "out", cache_dir=tmp_path, weights=RewardSpec(gamma=0.0), on_step=seen.append,
+        tmp_path / "m.gguf",
+        [[{"role": "user", "content": "hi"}]],
+        lambda i, t: 1.0,
+        cfg,
+        tmp_path / "out",
+        cache_dir=tmp_path,
+        weights=RewardSpec(gamma=0.0),
+        on_step=seen.append,
     )
     report = seen[0].reward
     assert report["measured"] == ["accuracy", "energy", "latency"]  # latency weighs 0 here
@@ -281,8 +293,14 @@ def test_grpo_on_smollm2_produces_an_adapter_the_runtime_loads(
     cfg = GRPOConfig(steps=2, group_size=4, prompts_per_step=2, max_new_tokens=24)
     t0 = time.perf_counter()
     adapter = train_grpo(
-        model_path, prompts, lambda i, text: float(target in text.lower()), cfg, tmp_path / "run",
-        cache_dir=REPO / ".cache" / "training", weights=RewardSpec(), on_step=seen.append,
+        model_path,
+        prompts,
+        lambda i, text: float(target in text.lower()),
+        cfg,
+        tmp_path / "run",
+        cache_dir=REPO / ".cache" / "training",
+        weights=RewardSpec(),
+        on_step=seen.append,
     )
     elapsed = time.perf_counter() - t0
     print(f"GRPO: {[round(s.seconds, 1) for s in seen]} s/step, {elapsed:.1f} s total")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import BaseMessage
 
+from homespun.engines.cost import BudgetExceeded, CostMeter
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.graphs.runner import run_assistant
 from homespun.learning.benchmarks.personal import (
@@ -29,19 +30,32 @@ from homespun.learning.benchmarks.personal import (
     task_id_for,
 )
 from homespun.learning.tasks import Benchmark
-from homespun.engines.cost import BudgetExceeded, CostMeter
-from homespun.stores.traces import Trace, TraceStore
-from homespun.stores.memory import MemoryStore
 from homespun.spec import Spec
+from homespun.stores.memory import MemoryStore
+from homespun.stores.traces import Trace, TraceStore
 
 _clock = iter(range(1_000_000))
 
 
-def add_trace(store: TraceStore, query: str, *, answer: str = "student answer",
-              feedback: float | None = None, status: str = "ok", sensitive: bool = False,
-              source: str = "cli") -> Trace:
-    t = store.start(query=query, spec_hash="h", thread_id="th", loop="react", model="m",
-                    backend="embedded", source=source)
+def add_trace(
+    store: TraceStore,
+    query: str,
+    *,
+    answer: str = "student answer",
+    feedback: float | None = None,
+    status: str = "ok",
+    sensitive: bool = False,
+    source: str = "cli",
+) -> Trace:
+    t = store.start(
+        query=query,
+        spec_hash="h",
+        thread_id="th",
+        loop="react",
+        model="m",
+        backend="embedded",
+        source=source,
+    )
     t.status, t.final_answer, t.sensitive = status, answer, sensitive
     t.error = "boom" if status == "error" else None
     t.created_at = 1_700_000_000.0 + next(_clock)  # strictly increasing: newest is last added
@@ -73,11 +87,12 @@ def gold_teacher(gold_of=None, extra=()) -> ScriptedChatModel:
         queries = _queries_in(messages)
         answers = []
         for i, q in enumerate(queries):
-            gold, phrases, category = (gold_of or {}).get(q, (f"GOLD: {q}",
-                                                                [q.split()[-1].strip("?")],
-                                                                "General Knowledge"))
-            answers.append({"index": i, "gold": gold, "must_contain": phrases,
-                            "category": category})
+            gold, phrases, category = (gold_of or {}).get(
+                q, (f"GOLD: {q}", [q.split()[-1].strip("?")], "General Knowledge")
+            )
+            answers.append(
+                {"index": i, "gold": gold, "must_contain": phrases, "category": category}
+            )
         return tool_call("submit_gold_answers", {"answers": answers + list(extra)})
 
     return ScriptedChatModel(script=[reply] * 50)
@@ -104,8 +119,9 @@ def test_19_traces_are_not_enough_and_evaluation_runs_do_not_count(settings):
         add_trace(store, f"eval task {i}", feedback=1.0, source="eval:starter")
     report = readiness(settings)
     assert (report.traces, report.high_feedback, report.ready_for_search) == (19, 19, False)
-    assert report.message == ("Not enough traces yet: 19 of 20 (use the assistant more, or "
-                              "run on --benchmark starter)")
+    assert report.message == (
+        "Not enough traces yet: 19 of 20 (use the assistant more, or run on --benchmark starter)"
+    )
 
 
 def test_25_traces_with_5_high_feedback_is_diagnosis_only(settings):
@@ -135,20 +151,26 @@ def test_enough_high_feedback_is_ready(settings):
 def user_history(store: TraceStore) -> dict[str, Trace]:
     t = {}
     t["arith"] = add_trace(store, "What is 37 * 41?", answer="It is 1500.", feedback=1.0)
-    t["capital"] = add_trace(store, "What is the capital of Peru?", answer="Lima.",
-                             feedback=0.8)
-    t["dup_old"] = add_trace(store, "how many days are in a leap year", answer="365",
-                             feedback=0.9)
-    t["dup_new"] = add_trace(store, "How many days are in a leap year?",
-                             answer="366 days", feedback=0.7)
+    t["capital"] = add_trace(store, "What is the capital of Peru?", answer="Lima.", feedback=0.8)
+    t["dup_old"] = add_trace(store, "how many days are in a leap year", answer="365", feedback=0.9)
+    t["dup_new"] = add_trace(
+        store, "How many days are in a leap year?", answer="366 days", feedback=0.7
+    )
     t["low"] = add_trace(store, "Translate 'cat' to German.", answer="Katze", feedback=0.3)
     t["unrated"] = add_trace(store, "What is 2 + 2?", answer="4")
-    t["sensitive"] = add_trace(store, "What is my bank PIN?", answer="1234", feedback=1.0,
-                               sensitive=True)
-    t["eval"] = add_trace(store, "What is 1000 - 1? Use the calculator.", answer="999",
-                          feedback=1.0, source="eval:starter")
-    t["error"] = add_trace(store, "What is the boiling point of water?", feedback=1.0,
-                           status="error")
+    t["sensitive"] = add_trace(
+        store, "What is my bank PIN?", answer="1234", feedback=1.0, sensitive=True
+    )
+    t["eval"] = add_trace(
+        store,
+        "What is 1000 - 1? Use the calculator.",
+        answer="999",
+        feedback=1.0,
+        source="eval:starter",
+    )
+    t["error"] = add_trace(
+        store, "What is the boiling point of water?", feedback=1.0, status="error"
+    )
     for i in range(15):  # ordinary use, unrated
         add_trace(store, f"small talk {i}")
     return t
@@ -157,11 +179,16 @@ def user_history(store: TraceStore) -> dict[str, Trace]:
 async def test_refresh_writes_only_eligible_deduplicated_tasks_with_teacher_gold(settings):
     store = TraceStore(settings.traces_db)
     t = user_history(store)
-    teacher = gold_teacher({
-        "What is 37 * 41?": ("37 * 41 = 1517", ["1517"], "Arithmetic"),
-        "How many days are in a leap year?": ("A leap year has 366 days.", ["366"],
-                                              "calendar facts"),
-    })
+    teacher = gold_teacher(
+        {
+            "What is 37 * 41?": ("37 * 41 = 1517", ["1517"], "Arithmetic"),
+            "How many days are in a leap year?": (
+                "A leap year has 366 days.",
+                ["366"],
+                "calendar facts",
+            ),
+        }
+    )
     m = meter()
     path = await refresh_personal_benchmark(settings, teacher=teacher, meter=m)
     assert path == bench_file(settings, 1)
@@ -169,14 +196,23 @@ async def test_refresh_writes_only_eligible_deduplicated_tasks_with_teacher_gold
     assert data["version"] == 1 and data["teacher"] == "claude-opus-4-6"
     assert data["min_feedback"] == 0.7 and data["created_at"]
     tasks = {task["query"]: task for task in data["tasks"]}
-    assert set(tasks) == {"What is 37 * 41?", "What is the capital of Peru?",
-                          "How many days are in a leap year?"}
+    assert set(tasks) == {
+        "What is 37 * 41?",
+        "What is the capital of Peru?",
+        "How many days are in a leap year?",
+    }
     arith = tasks["What is 37 * 41?"]
     # The gold is the teacher's, never the student's (wrong) answer.
     assert (arith["gold"], arith["must_contain"], arith["category"]) == (
-        "37 * 41 = 1517", ["1517"], "arithmetic")
-    assert arith["id"] == task_id_for("What is 37 * 41?") == "p-" + hashlib.sha256(
-        b"what is 37  41".replace(b"  ", b" ")).hexdigest()[:10]
+        "37 * 41 = 1517",
+        ["1517"],
+        "arithmetic",
+    )
+    assert (
+        arith["id"]
+        == task_id_for("What is 37 * 41?")
+        == "p-" + hashlib.sha256(b"what is 37  41".replace(b"  ", b" ")).hexdigest()[:10]
+    )
     assert arith["source_trace"] == t["arith"].id
     leap = tasks["How many days are in a leap year?"]
     assert leap["source_trace"] == t["dup_new"].id and leap["category"] == "calendar_facts"
@@ -205,14 +241,15 @@ async def test_second_refresh_makes_v2_and_keeps_v1(settings):
     v1, v2 = load_personal(settings, 1), load_personal(settings, 2)
     assert (v1.version, v2.version) == ("personal_v1", "personal_v2")
     assert {t.id for t in v1.tasks()} < {t.id for t in v2.tasks()}  # same question, same id
-    assert latest_personal(settings) == second and load_personal(settings).version == \
-        "personal_v2"
+    assert latest_personal(settings) == second and load_personal(settings).version == "personal_v2"
 
 
 async def test_secrets_in_a_query_do_not_reach_the_teacher(settings):
     store = TraceStore(settings.traces_db)
-    query = ("Write to alice.smith@example.com that the key sk-ant-api03-AbCdEfGh12345678XyZ "
-             "expires on Friday")
+    query = (
+        "Write to alice.smith@example.com that the key sk-ant-api03-AbCdEfGh12345678XyZ "
+        "expires on Friday"
+    )
     add_trace(store, query, feedback=1.0)
     teacher = gold_teacher({}, ())
     path = await refresh_personal_benchmark(settings, teacher=teacher, meter=meter())
@@ -228,13 +265,15 @@ async def test_placeholder_phrases_are_dropped(settings):
     store = TraceStore(settings.traces_db)
     add_trace(store, "Mail bob@example.org the agenda", feedback=1.0)
     add_trace(store, "What is 6 * 7?", feedback=1.0)
-    teacher = gold_teacher({"Mail <EMAIL> the agenda": ("Sent to <EMAIL>.", ["<EMAIL>"],
-                                                         "email"),
-                            "What is 6 * 7?": ("42", ["42", "  "], "arithmetic")})
+    teacher = gold_teacher(
+        {
+            "Mail <EMAIL> the agenda": ("Sent to <EMAIL>.", ["<EMAIL>"], "email"),
+            "What is 6 * 7?": ("42", ["42", "  "], "arithmetic"),
+        }
+    )
     path = await refresh_personal_benchmark(settings, teacher=teacher, meter=meter())
     data = json.loads(path.read_text())
-    assert [(t["query"], t["must_contain"]) for t in data["tasks"]] == [("What is 6 * 7?",
-                                                                         ["42"])]
+    assert [(t["query"], t["must_contain"]) for t in data["tasks"]] == [("What is 6 * 7?", ["42"])]
     assert data["stats"]["dropped_empty_must_contain"] == 1
 
 
@@ -242,8 +281,10 @@ async def test_bad_answers_are_dropped_and_counted(settings):
     store = TraceStore(settings.traces_db)
     for i in range(12):  # two batches
         add_trace(store, f"What is {i} + {i}?", feedback=1.0)
-    extra = [{"index": 99, "gold": "x", "must_contain": ["x"], "category": "c"},
-             {"index": 0, "gold": "y", "must_contain": [], "category": "c"}]
+    extra = [
+        {"index": 99, "gold": "x", "must_contain": ["x"], "category": "c"},
+        {"index": 0, "gold": "y", "must_contain": [], "category": "c"},
+    ]
     teacher = gold_teacher(extra=extra)
     m = meter()
     path = await refresh_personal_benchmark(settings, teacher=teacher, meter=m)
@@ -259,10 +300,13 @@ async def test_max_tasks_keeps_the_newest(settings):
     store = TraceStore(settings.traces_db)
     for i in range(5):
         add_trace(store, f"What is {i} + {i}?", feedback=1.0)
-    path = await refresh_personal_benchmark(settings, teacher=gold_teacher(), meter=meter(),
-                                            max_tasks=2)
-    assert [t.query for t in PersonalBenchmark(path).tasks()] == ["What is 4 + 4?",
-                                                                   "What is 3 + 3?"]
+    path = await refresh_personal_benchmark(
+        settings, teacher=gold_teacher(), meter=meter(), max_tasks=2
+    )
+    assert [t.query for t in PersonalBenchmark(path).tasks()] == [
+        "What is 4 + 4?",
+        "What is 3 + 3?",
+    ]
 
 
 async def test_queries_the_teacher_leaves_out_are_not_tasks(settings):
@@ -273,11 +317,18 @@ async def test_queries_the_teacher_leaves_out_are_not_tasks(settings):
     def reply(messages):
         queries = _queries_in(messages)
         i = queries.index("What is 6 * 7?")
-        return tool_call("submit_gold_answers", {"answers": [
-            {"index": i, "gold": "42", "must_contain": ["42"], "category": "arithmetic"}]})
+        return tool_call(
+            "submit_gold_answers",
+            {
+                "answers": [
+                    {"index": i, "gold": "42", "must_contain": ["42"], "category": "arithmetic"}
+                ]
+            },
+        )
 
     path = await refresh_personal_benchmark(
-        settings, teacher=ScriptedChatModel(script=[reply]), meter=meter())
+        settings, teacher=ScriptedChatModel(script=[reply]), meter=meter()
+    )
     data = json.loads(path.read_text())
     assert [t["query"] for t in data["tasks"]] == ["What is 6 * 7?"]
     assert data["stats"]["skipped_by_teacher"] == 1
@@ -314,10 +365,13 @@ async def test_a_teacher_without_usable_answers_writes_nothing(settings):
 
 
 def test_normalised_queries_and_ids():
-    assert normalise_query("  How many DAYS,  are in\ta leap year?! ") == \
+    assert (
+        normalise_query("  How many DAYS,  are in\ta leap year?! ")
+        == "how many days are in a leap year"
+    )
+    assert task_id_for("How many days are in a leap year?") == task_id_for(
         "how many days are in a leap year"
-    assert task_id_for("How many days are in a leap year?") == \
-        task_id_for("how many days are in a leap year")
+    )
     assert task_id_for("What is 6 * 7?") != task_id_for("What is 6 * 8?")
 
 
@@ -333,20 +387,45 @@ def test_missing_benchmark_says_how_to_make_one(settings):
 def write_bench(settings, version: int, tasks: list[dict]) -> Path:
     path = bench_file(settings, version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"version": version, "created_at": "2026-01-01T00:00:00+00:00",
-                                "teacher": "t", "min_feedback": 0.7, "tasks": tasks}))
+    path.write_text(
+        json.dumps(
+            {
+                "version": version,
+                "created_at": "2026-01-01T00:00:00+00:00",
+                "teacher": "t",
+                "min_feedback": 0.7,
+                "tasks": tasks,
+            }
+        )
+    )
     return path
 
 
 def test_a_benchmark_file_becomes_tasks(settings):
-    write_bench(settings, 3, [{"id": "p-1", "query": "What is 6 * 7?", "category": "arithmetic",
-                               "gold": "42", "must_contain": ["42"], "source_trace": "abc"}])
+    write_bench(
+        settings,
+        3,
+        [
+            {
+                "id": "p-1",
+                "query": "What is 6 * 7?",
+                "category": "arithmetic",
+                "gold": "42",
+                "must_contain": ["42"],
+                "source_trace": "abc",
+            }
+        ],
+    )
     bench = load_personal(settings)
     assert isinstance(bench, Benchmark)
     assert (bench.name, bench.version) == ("personal", "personal_v3")
     (task,) = bench.tasks()
-    assert (task.id, task.category, task.gold, task.suite) == ("p-1", "arithmetic", "42",
-                                                               "personal")
+    assert (task.id, task.category, task.gold, task.suite) == (
+        "p-1",
+        "arithmetic",
+        "42",
+        "personal",
+    )
     assert task.metadata == {"must_contain": ["42"], "needs_tool": False}
     with pytest.raises(NoPersonalBenchmark, match="personal_v7 .*have: v3"):
         load_personal(settings, 7)
@@ -378,21 +457,41 @@ async def test_environment_grades_must_contain_over_a_copy_of_the_users_world(se
     memory_db = user_world(settings)
     before_rows = [(h.text, h.tags) for h in MemoryStore(memory_db).all()]
     before_sha = _sha(memory_db)
-    write_bench(settings, 1, [{"id": "p-remember", "query": "Remember my locker is 52, and who "
-                               "is my dentist?", "category": "memory", "gold": "Dr. Okafor",
-                               "must_contain": ["Okafor", "52"], "source_trace": "x"}])
+    write_bench(
+        settings,
+        1,
+        [
+            {
+                "id": "p-remember",
+                "query": "Remember my locker is 52, and who is my dentist?",
+                "category": "memory",
+                "gold": "Dr. Okafor",
+                "must_contain": ["Okafor", "52"],
+                "source_trace": "x",
+            }
+        ],
+    )
     bench = load_personal(settings)
     (task,) = bench.tasks()
     spec = Spec()
-    student = ScriptedChatModel(script=[
-        tool_call("remember", {"text": "My locker is 52."}),
-        tool_call("search_memory", {"query": "dentist"}),
-        tool_call("read_file", {"path": "notes/todo.txt"}),
-        "Saved locker 52. Your dentist is Dr.   OKAFOR.",
-    ])
+    student = ScriptedChatModel(
+        script=[
+            tool_call("remember", {"text": "My locker is 52."}),
+            tool_call("search_memory", {"query": "dentist"}),
+            tool_call("read_file", {"path": "notes/todo.txt"}),
+            "Saved locker 52. Your dentist is Dr.   OKAFOR.",
+        ]
+    )
     async with bench.environment(task, spec, settings) as env:
-        result = await run_assistant(spec, settings, task.query, model=student,
-                                     tools=env.tools, persist=False, source="eval:personal")
+        result = await run_assistant(
+            spec,
+            settings,
+            task.query,
+            model=student,
+            tools=env.tools,
+            persist=False,
+            source="eval:personal",
+        )
         trace = result.trace
         assert trace.status == "ok", trace.error
         remembered, recalled, read = trace.tool_calls
@@ -421,13 +520,27 @@ async def test_environment_grades_must_contain_over_a_copy_of_the_users_world(se
 async def test_environment_offers_only_builtin_servers(settings):
     from homespun.spec import ToolServerSpec
 
-    write_bench(settings, 1, [{"id": "p-1", "query": "q", "category": "c", "gold": "g",
-                               "must_contain": ["g"], "source_trace": "x"}])
+    write_bench(
+        settings,
+        1,
+        [
+            {
+                "id": "p-1",
+                "query": "q",
+                "category": "c",
+                "gold": "g",
+                "must_contain": ["g"],
+                "source_trace": "x",
+            }
+        ],
+    )
     bench = load_personal(settings)
     spec = Spec()
-    spec.tools.servers.append(ToolServerSpec(name="external", kind="stdio",
-                                             command="/nonexistent/server"))
+    spec.tools.servers.append(
+        ToolServerSpec(name="external", kind="stdio", command="/nonexistent/server")
+    )
     async with bench.environment(bench.tasks()[0], spec, settings) as env:
         assert {t.metadata["mcp_server"] for t in env.tools} == {
-            s.name for s in Spec().tools.servers}
+            s.name for s in Spec().tools.servers
+        }
     assert not settings.memory_db.exists()  # no user memory: nothing created for the user

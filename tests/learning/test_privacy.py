@@ -9,8 +9,10 @@ import pytest
 from homespun.learning.privacy import eligible_traces, scrub_obj, scrub_text
 from homespun.stores.traces import ToolCallRecord, Trace
 
-JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFsaWNlIn0"
-       ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFsaWNlIn0"
+    ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+)
 ANTHROPIC_KEY = "sk-ant-api03-Zx81Qm4kLw0PqRt7Yv2Na9Hs3Jd6Fb5Gc1Ke-AbCdEfGh_IjKlMn"
 OPENAI_KEY = "sk-proj-9aK2mQ7xLp4Rt8Vw1Yz3Bc6Dn0Fg5Hj"
 GITHUB_TOKEN = "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R"
@@ -20,8 +22,11 @@ SLACK_TOKEN = "xoxb-2048123456-4096123456789-Qw3rTy8UiOp2AsDfGhJkLz1X"
 @pytest.mark.parametrize(
     ("text", "secret", "placeholder"),
     [
-        ("Write to alice.smith+work@example.co.uk today", "alice.smith+work@example.co.uk",
-         "<EMAIL>"),
+        (
+            "Write to alice.smith+work@example.co.uk today",
+            "alice.smith+work@example.co.uk",
+            "<EMAIL>",
+        ),
         ("Call Bob on +1 415 555 0134 tonight", "+1 415 555 0134", "<PHONE>"),
         ("his office is (415) 555-0134.", "(415) 555-0134", "<PHONE>"),
         ("London office: +44 20 7946 0958", "+44 20 7946 0958", "<PHONE>"),
@@ -35,10 +40,16 @@ SLACK_TOKEN = "xoxb-2048123456-4096123456789-Qw3rTy8UiOp2AsDfGhJkLz1X"
         ("aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE", "<SECRET>"),
         ("Authorization: Bearer abc123.DEF456-ghi789", "abc123.DEF456-ghi789", "<SECRET>"),
         (f"session {JWT}", JWT, "<SECRET>"),
-        ("hmac 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-         "9f86d081884c7d659a2feaa0c55ad015", "<SECRET>"),
-        ("blob Zm9vYmFyQmF6UXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1u",
-         "Zm9vYmFyQmF6UXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1u", "<SECRET>"),
+        (
+            "hmac 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "9f86d081884c7d659a2feaa0c55ad015",
+            "<SECRET>",
+        ),
+        (
+            "blob Zm9vYmFyQmF6UXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1u",
+            "Zm9vYmFyQmF6UXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1u",
+            "<SECRET>",
+        ),
         ("password: hunter2hunter2", "hunter2hunter2", "<SECRET>"),
         ("pay with 4111 1111 1111 1111 please", "4111 1111 1111 1111", "<CARD>"),
         ("card 5500005555555559", "5500005555555559", "<CARD>"),
@@ -108,8 +119,17 @@ def test_scrub_obj_keeps_colliding_keys_apart():
 
 
 def _trace(i: int, sensitive: bool) -> Trace:
-    return Trace(id=f"t{i}", created_at=0.0, query=f"q{i}", spec_hash="h", thread_id="th",
-                 loop="react", model="m", backend="embedded", sensitive=sensitive)
+    return Trace(
+        id=f"t{i}",
+        created_at=0.0,
+        query=f"q{i}",
+        spec_hash="h",
+        thread_id="th",
+        loop="react",
+        model="m",
+        backend="embedded",
+        sensitive=sensitive,
+    )
 
 
 def test_sensitive_traces_are_not_eligible():
@@ -120,8 +140,11 @@ def test_sensitive_traces_are_not_eligible():
 def test_scrub_obj_on_a_trace_scrubs_its_tool_calls():
     t = _trace(1, False)
     t.query = "ask erin@example.com"
-    t.tool_calls = [ToolCallRecord(name="send", arguments={"to": "erin@example.com"},
-                                   result=f"sent with {OPENAI_KEY}")]
+    t.tool_calls = [
+        ToolCallRecord(
+            name="send", arguments={"to": "erin@example.com"}, result=f"sent with {OPENAI_KEY}"
+        )
+    ]
     out = scrub_obj(t)
     assert out.query == "ask <EMAIL>"
     assert out.tool_calls[0].arguments == {"to": "<EMAIL>"}

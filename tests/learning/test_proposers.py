@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage
 
+from homespun.engines.cost import BudgetExceeded, CostMeter
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.learning.clusters import Cluster, Diagnosis
 from homespun.learning.proposers import (
@@ -18,7 +19,6 @@ from homespun.learning.proposers import (
     pareto_frontier,
 )
 from homespun.learning.proposers.evolutionary import best_counts, dominates, select_parent
-from homespun.engines.cost import BudgetExceeded, CostMeter
 from homespun.spec import Spec
 from homespun.spec.edits import (
     PatchSystemPrompt,
@@ -28,28 +28,58 @@ from homespun.spec.edits import (
     describe_proposal,
 )
 
-TOOLS = {"core": ["calculator", "think", "current_time", "remember", "search_memory",
-                  "read_file", "search_files"]}
+TOOLS = {
+    "core": [
+        "calculator",
+        "think",
+        "current_time",
+        "remember",
+        "search_memory",
+        "read_file",
+        "search_files",
+    ]
+}
 
 
 def _diagnosis() -> Diagnosis:
-    return Diagnosis(source="rules", clusters=[
-        Cluster(id="memory-wrong_answer", name="memory answers are wrong",
-                categories=["memory"], signature="wrong_answer", student_failure_rate=0.4,
-                skill_gap="does not search memory before answering", task_ids=["m1", "m2"]),
-        Cluster(id="arithmetic-no_tool_call", name="arithmetic without the calculator",
-                categories=["arithmetic"], signature="no_tool_call", student_failure_rate=0.7,
+    return Diagnosis(
+        source="rules",
+        clusters=[
+            Cluster(
+                id="memory-wrong_answer",
+                name="memory answers are wrong",
+                categories=["memory"],
+                signature="wrong_answer",
+                student_failure_rate=0.4,
+                skill_gap="does not search memory before answering",
+                task_ids=["m1", "m2"],
+            ),
+            Cluster(
+                id="arithmetic-no_tool_call",
+                name="arithmetic without the calculator",
+                categories=["arithmetic"],
+                signature="no_tool_call",
+                student_failure_rate=0.7,
                 skill_gap="computes in its head instead of calling the calculator",
-                task_ids=["a1"]),
-        Cluster(id="files-turn_limit", name="file questions run out of turns",
-                categories=["files"], signature="turn_limit", student_failure_rate=0.3,
-                skill_gap="keeps re-reading the same file", task_ids=["f1"]),
-    ])
+                task_ids=["a1"],
+            ),
+            Cluster(
+                id="files-turn_limit",
+                name="file questions run out of turns",
+                categories=["files"],
+                signature="turn_limit",
+                student_failure_rate=0.3,
+                skill_gap="keeps re-reading the same file",
+                task_ids=["f1"],
+            ),
+        ],
+    )
 
 
 def _ctx(**kw) -> ProposerContext:
-    base = dict(spec=Spec(), diagnosis=_diagnosis(), history=[], max_proposals=4, seed=0,
-                tool_names=TOOLS)
+    base = dict(
+        spec=Spec(), diagnosis=_diagnosis(), history=[], max_proposals=4, seed=0, tool_names=TOOLS
+    )
     base.update(kw)
     return ProposerContext(**base)
 
@@ -89,8 +119,11 @@ async def test_random_is_deterministic_per_seed_and_differs_across_seeds():
     assert _keys(a) != _keys(c)
     # Highest failure rate first, then round-robin over the clusters.
     assert [p.target_cluster for p in a] == [
-        "arithmetic-no_tool_call", "memory-wrong_answer", "files-turn_limit",
-        "arithmetic-no_tool_call"]
+        "arithmetic-no_tool_call",
+        "memory-wrong_answer",
+        "files-turn_limit",
+        "arithmetic-no_tool_call",
+    ]
 
 
 async def test_random_proposals_apply_and_cover_every_primitive():
@@ -106,8 +139,14 @@ async def test_random_proposals_apply_and_cover_every_primitive():
             primitives.update(p.primitives())
             ops.update(o.op for o in p.ops)
     assert primitives == {"intelligence", "engine", "agent", "tools", "memory"}
-    assert {"set_generation_param", "set_engine_param", "patch_system_prompt",
-            "set_agent_param", "set_tool_description", "set_memory_param"} <= ops
+    assert {
+        "set_generation_param",
+        "set_engine_param",
+        "patch_system_prompt",
+        "set_agent_param",
+        "set_tool_description",
+        "set_memory_param",
+    } <= ops
 
 
 async def test_random_prompt_hints_are_keyed_by_the_cluster():
@@ -122,8 +161,9 @@ async def test_random_prompt_hints_are_keyed_by_the_cluster():
 
 async def test_random_never_repeats_the_history():
     first = await RandomTemplateProposer().propose(_ctx(seed=0))
-    history = [HistoryEntry(proposal=p, decision="rejected", reason="no gain", deltas={})
-               for p in first]
+    history = [
+        HistoryEntry(proposal=p, decision="rejected", reason="no gain", deltas={}) for p in first
+    ]
     proposer = RandomTemplateProposer()
     ctx = _ctx(seed=0, history=history)
     again = await proposer.propose(ctx)
@@ -137,30 +177,68 @@ async def test_random_never_repeats_the_history():
 
 
 def _history() -> list[HistoryEntry]:
-    tried = Proposal(target_cluster="arithmetic-no_tool_call", proposer="llm",
-                     ops=[SetGenerationParam(param="top_k", value=1)])
-    return [HistoryEntry(proposal=tried, decision="rejected",
-                         reason="files-turn_limit regressed by 0.10",
-                         deltas={"arithmetic-no_tool_call": 0.0, "files-turn_limit": -0.10})]
+    tried = Proposal(
+        target_cluster="arithmetic-no_tool_call",
+        proposer="llm",
+        ops=[SetGenerationParam(param="top_k", value=1)],
+    )
+    return [
+        HistoryEntry(
+            proposal=tried,
+            decision="rejected",
+            reason="files-turn_limit regressed by 0.10",
+            deltas={"arithmetic-no_tool_call": 0.0, "files-turn_limit": -0.10},
+        )
+    ]
 
 
 def _teacher_reply() -> AIMessage:
-    return tool_call("submit_proposals", {"proposals": [
-        {"target_cluster": "arithmetic-no_tool_call", "rationale": "use the calculator",
-         "ops": [
-             {"op": "set_agent_param", "param": "tool_policy", "value": "required_first"},
-             {"op": "set_generation_param", "param": "warmth", "value": 1},  # invalid
-             {"op": "set_tool_description", "server": "core", "tool": "calculator",
-              "description": "Call this for every arithmetic question."},
-         ]},
-        {"target_cluster": "memory-wrong_answer", "rationale": "search first",
-         "ops": [{"op": "patch_system_prompt", "mode": "append",
-                  "text": "Search memory before answering a question about the user."}]},
-        {"target_cluster": "no-such-cluster", "rationale": "?",
-         "ops": [{"op": "set_memory_param", "param": "top_k", "value": 3}]},
-        {"target_cluster": "arithmetic-no_tool_call", "rationale": "again",  # history repeat
-         "ops": [{"op": "set_generation_param", "param": "top_k", "value": 1}]},
-    ]})
+    return tool_call(
+        "submit_proposals",
+        {
+            "proposals": [
+                {
+                    "target_cluster": "arithmetic-no_tool_call",
+                    "rationale": "use the calculator",
+                    "ops": [
+                        {
+                            "op": "set_agent_param",
+                            "param": "tool_policy",
+                            "value": "required_first",
+                        },
+                        {"op": "set_generation_param", "param": "warmth", "value": 1},  # invalid
+                        {
+                            "op": "set_tool_description",
+                            "server": "core",
+                            "tool": "calculator",
+                            "description": "Call this for every arithmetic question.",
+                        },
+                    ],
+                },
+                {
+                    "target_cluster": "memory-wrong_answer",
+                    "rationale": "search first",
+                    "ops": [
+                        {
+                            "op": "patch_system_prompt",
+                            "mode": "append",
+                            "text": "Search memory before answering a question about the user.",
+                        }
+                    ],
+                },
+                {
+                    "target_cluster": "no-such-cluster",
+                    "rationale": "?",
+                    "ops": [{"op": "set_memory_param", "param": "top_k", "value": 3}],
+                },
+                {
+                    "target_cluster": "arithmetic-no_tool_call",
+                    "rationale": "again",  # history repeat
+                    "ops": [{"op": "set_generation_param", "param": "top_k", "value": 1}],
+                },
+            ]
+        },
+    )
 
 
 class RecordingMeter:
@@ -186,8 +264,10 @@ async def test_llm_parses_proposals_and_drops_invalid_ones():
     proposals = await proposer.propose(ctx)
 
     _assert_admissible(ctx, proposals, "llm")
-    assert [p.target_cluster for p in proposals] == ["arithmetic-no_tool_call",
-                                                     "memory-wrong_answer"]
+    assert [p.target_cluster for p in proposals] == [
+        "arithmetic-no_tool_call",
+        "memory-wrong_answer",
+    ]
     assert [o.op for o in proposals[0].ops] == ["set_agent_param", "set_tool_description"]
     assert proposals[0].rationale == "use the calculator"
     new = apply_proposal(ctx.spec, proposals[0])
@@ -275,8 +355,13 @@ def test_dominance_and_frontier():
     assert not dominates({"a": 1, "b": 0}, {"a": 1, "b": 0})  # equal: no one dominates
     assert not dominates({"a": 1, "b": 0}, {"a": 0, "b": 1})
     assert dominates({"a": 0.5}, {})  # a missing score counts as 0
-    scores = [{"a": 1, "b": 0}, {"a": 0, "b": 1}, {"a": 0.5, "b": 0.5},
-              {"a": 0.4, "b": 0.4}, {"a": 1, "b": 0}]
+    scores = [
+        {"a": 1, "b": 0},
+        {"a": 0, "b": 1},
+        {"a": 0.5, "b": 0.5},
+        {"a": 0.4, "b": 0.4},
+        {"a": 1, "b": 0},
+    ]
     assert pareto_frontier(scores) == [0, 1, 2, 4]
     assert pareto_frontier([{"a": 0.2}, {"a": 0.3}]) == [1]
     assert best_counts(scores, [0, 1, 2]) == {0: 1, 1: 1, 2: 0}
@@ -304,8 +389,8 @@ def _fake_evaluate(log: list[Spec]):
         log.append(spec)
         return {
             "arithmetic-no_tool_call": 0.2 + (0.4 if spec.intelligence.temperature == 0 else 0),
-            "memory-wrong_answer": 0.3 + (0.4 if "memory questions" in spec.agent.system_prompt
-                                          else 0),
+            "memory-wrong_answer": 0.3
+            + (0.4 if "memory questions" in spec.agent.system_prompt else 0),
             "files-turn_limit": 0.5,
         }
 
@@ -335,8 +420,14 @@ async def test_evolutionary_finds_an_improving_compound_edit_within_budget(seed)
     teacher = _mutating_teacher()
     meter = CostMeter(session_cap_usd=5.0, total_cap_usd=50.0, model="claude-opus-4-6")
     proposer = EvolutionaryProposer()
-    ctx = _ctx(spec=root, seed=seed, max_proposals=6, teacher=teacher, meter=meter,
-               evaluate=_fake_evaluate(evaluated))
+    ctx = _ctx(
+        spec=root,
+        seed=seed,
+        max_proposals=6,
+        teacher=teacher,
+        meter=meter,
+        evaluate=_fake_evaluate(evaluated),
+    )
     proposals = await proposer.propose(ctx)
 
     assert len(evaluated) == ctx.max_proposals + 1  # the root, then the matched budget
@@ -358,8 +449,11 @@ async def test_evolutionary_finds_an_improving_compound_edit_within_budget(seed)
 
 async def test_evolutionary_without_teacher_uses_templates_and_spends_the_budget():
     evaluated: list[Spec] = []
-    ctx = _ctx(spec=Spec(intelligence={"temperature": 0.7}), max_proposals=5,
-               evaluate=_fake_evaluate(evaluated))
+    ctx = _ctx(
+        spec=Spec(intelligence={"temperature": 0.7}),
+        max_proposals=5,
+        evaluate=_fake_evaluate(evaluated),
+    )
     proposer = EvolutionaryProposer()
     proposals = await proposer.propose(ctx)
     assert len(evaluated) == 6
@@ -367,8 +461,12 @@ async def test_evolutionary_without_teacher_uses_templates_and_spends_the_budget
     _assert_admissible(ctx, proposals, "evolutionary")
     # Deterministic: same seed, same search.
     again = await EvolutionaryProposer().propose(
-        _ctx(spec=Spec(intelligence={"temperature": 0.7}), max_proposals=5,
-             evaluate=_fake_evaluate([])))
+        _ctx(
+            spec=Spec(intelligence={"temperature": 0.7}),
+            max_proposals=5,
+            evaluate=_fake_evaluate([]),
+        )
+    )
     assert _keys(again) == _keys(proposals)
 
 
@@ -377,9 +475,15 @@ async def test_evolutionary_falls_back_to_templates_when_the_meter_refuses():
     teacher = _mutating_teacher()
     spent = CostMeter(session_cap_usd=0.0, total_cap_usd=0.0, model="claude-opus-4-6")
     proposer = EvolutionaryProposer()
-    await proposer.propose(_ctx(spec=Spec(intelligence={"temperature": 0.7}), max_proposals=3,
-                                teacher=teacher, meter=spent,
-                                evaluate=_fake_evaluate(evaluated)))
+    await proposer.propose(
+        _ctx(
+            spec=Spec(intelligence={"temperature": 0.7}),
+            max_proposals=3,
+            teacher=teacher,
+            meter=spent,
+            evaluate=_fake_evaluate(evaluated),
+        )
+    )
     assert teacher.calls == [] and spent.calls == 0
     assert len(evaluated) == 4
     assert any("budget exceeded" in n for n in proposer.last_report.notes)
@@ -394,12 +498,21 @@ async def test_evolutionary_does_not_return_history():
     evaluated: list[Spec] = []
     root = Spec(intelligence={"temperature": 0.7})
     first = await EvolutionaryProposer().propose(
-        _ctx(spec=root, max_proposals=6, teacher=_mutating_teacher(),
-             evaluate=_fake_evaluate(evaluated)))
-    history = [HistoryEntry(proposal=p, decision="rejected", reason="", deltas={})
-               for p in first]
-    ctx = _ctx(spec=root, max_proposals=6, teacher=_mutating_teacher(), history=history,
-               evaluate=_fake_evaluate([]))
+        _ctx(
+            spec=root,
+            max_proposals=6,
+            teacher=_mutating_teacher(),
+            evaluate=_fake_evaluate(evaluated),
+        )
+    )
+    history = [HistoryEntry(proposal=p, decision="rejected", reason="", deltas={}) for p in first]
+    ctx = _ctx(
+        spec=root,
+        max_proposals=6,
+        teacher=_mutating_teacher(),
+        history=history,
+        evaluate=_fake_evaluate([]),
+    )
     again = await EvolutionaryProposer().propose(ctx)
     _assert_admissible(ctx, again, "evolutionary")
 
@@ -416,19 +529,26 @@ def test_merge_takes_each_clusters_ops_from_the_parent_that_wins_it():
     top_k = SetGenerationParam(param="top_k", value=10)
     a_path = ((temp, "arithmetic-no_tool_call"), (top_k, "memory-wrong_answer"))
     population = [
-        Candidate(spec=root, path=(), scores={"arithmetic-no_tool_call": 0.2,
-                                              "memory-wrong_answer": 0.3}),
-        Candidate(spec=apply_proposal(root, Proposal(target_cluster="x", ops=[temp, top_k])),
-                  path=a_path, scores={"arithmetic-no_tool_call": 0.6,
-                                       "memory-wrong_answer": 0.4}, origin="mutation"),
-        Candidate(spec=apply_proposal(root, Proposal(target_cluster="x", ops=[hint])),
-                  path=((hint, "memory-wrong_answer"),),
-                  scores={"arithmetic-no_tool_call": 0.2, "memory-wrong_answer": 0.7},
-                  origin="mutation"),
+        Candidate(
+            spec=root, path=(), scores={"arithmetic-no_tool_call": 0.2, "memory-wrong_answer": 0.3}
+        ),
+        Candidate(
+            spec=apply_proposal(root, Proposal(target_cluster="x", ops=[temp, top_k])),
+            path=a_path,
+            scores={"arithmetic-no_tool_call": 0.6, "memory-wrong_answer": 0.4},
+            origin="mutation",
+        ),
+        Candidate(
+            spec=apply_proposal(root, Proposal(target_cluster="x", ops=[hint])),
+            path=((hint, "memory-wrong_answer"),),
+            scores={"arithmetic-no_tool_call": 0.2, "memory-wrong_answer": 0.7},
+            origin="mutation",
+        ),
     ]
     ctx = _ctx(spec=root)
-    child = EvolutionaryProposer()._merge(ctx, population, [1, 2], random.Random(0),
-                                          ProposerReport(proposer="evolutionary"))
+    child = EvolutionaryProposer()._merge(
+        ctx, population, [1, 2], random.Random(0), ProposerReport(proposer="evolutionary")
+    )
     assert child is not None and child.origin == "merge"
     # arithmetic from the first parent (0.6 > 0.2), memory from the second (0.7 > 0.4):
     # the first parent's memory op (top_k) is left behind.

@@ -12,7 +12,6 @@ import pytest
 from langchain_core.tools import tool
 
 from homespun.graphs.runner import run_assistant
-from homespun.stores.traces import Trace
 from homespun.learning.training.adapters import store_adapter
 from homespun.learning.training.data import (
     SFTExample,
@@ -20,6 +19,7 @@ from homespun.learning.training.data import (
     sft_examples_from_traces,
 )
 from homespun.spec import Spec, SpecError, parse_spec, render_spec, spec_from_data
+from homespun.stores.traces import Trace
 from tests.conftest import test_models_dir
 from tests.stubs import chat_api
 
@@ -46,8 +46,9 @@ def chat_stub(http_stub):
 
 
 def _stub_spec(url: str, **agent) -> Spec:
-    return spec_from_data({"engine": {"backend": "openai_compatible", "base_url": url},
-                           "agent": agent})
+    return spec_from_data(
+        {"engine": {"backend": "openai_compatible", "base_url": url}, "agent": agent}
+    )
 
 
 # --------------------------------------------------------------------------- spec + storage
@@ -93,7 +94,8 @@ def test_store_adapter_is_content_addressed_and_idempotent(tmp_path):
     other_path, other_sha = store_adapter(_fake_adapter(tmp_path / "two.gguf", b"w-2"), home)
     assert other_sha != sha and other_path != path and path.read_bytes() == first.read_bytes()
     assert sorted(p.name for p in (home / "adapters").iterdir()) == sorted(
-        [f"{sha}.gguf", f"{other_sha}.gguf"])  # no temporary files left behind
+        [f"{sha}.gguf", f"{other_sha}.gguf"]
+    )  # no temporary files left behind
     spec = _with_adapter(Spec(), path, sha)  # what the trainer writes into the spec loads
     assert spec.intelligence.adapters[0].sha256 == sha
 
@@ -134,12 +136,15 @@ def test_embedded_engine_names_a_missing_adapter(model_path, tmp_path):
         get_embedded_server(model_path, n_ctx=512, adapters=((str(tmp_path / "gone.gguf"), 1.0),))
 
 
-async def test_openai_compatible_asks_llama_server_for_its_adapters(settings, tmp_path,
-                                                                    chat_stub):
+async def test_openai_compatible_asks_llama_server_for_its_adapters(settings, tmp_path, chat_stub):
     url, bodies = chat_stub
     lora = _fake_adapter(tmp_path / "a.gguf")
-    spec = _with_adapter(_stub_spec(url, loop="simple"), lora,
-                         hashlib.sha256(lora.read_bytes()).hexdigest(), scale=0.5)
+    spec = _with_adapter(
+        _stub_spec(url, loop="simple"),
+        lora,
+        hashlib.sha256(lora.read_bytes()).hexdigest(),
+        scale=0.5,
+    )
     result = await run_assistant(spec, settings, "hi", tools=[], persist=False)
     assert result.answer == "pong"
     assert bodies[0]["lora"] == [{"id": 0, "scale": 0.5}]
@@ -165,46 +170,75 @@ def lookup_capital(country: str) -> str:
 
 
 @pytest.mark.parametrize("loop,tools", [("simple", []), ("react", [lookup_capital])])
-async def test_examples_are_exactly_what_the_runtime_sends(settings, chat_stub, http_stub, loop,
-                                                           tools):
+async def test_examples_are_exactly_what_the_runtime_sends(
+    settings, chat_stub, http_stub, loop, tools
+):
     """The training prompt is the request the model gets at inference, message for message
     (system prompt, few-shot turns, tool catalog), and the target is the JSON it decodes."""
     url, bodies = chat_stub
     spec = _stub_spec(url, loop=loop)
     http_stub.handler = chat_api("Ahoy! The answer is Lima.")
-    result = await run_assistant(spec, settings, "What is the capital of Peru?", tools=tools,
-                                 persist=False)
+    result = await run_assistant(
+        spec, settings, "What is the capital of Peru?", tools=tools, persist=False
+    )
     assert result.answer == "Ahoy! The answer is Lima."
-    [example] = sft_examples_from_pairs(spec, [("What is the capital of Peru?",
-                                                "Ahoy! The answer is Lima.")], tools=tools)
+    [example] = sft_examples_from_pairs(
+        spec, [("What is the capital of Peru?", "Ahoy! The answer is Lima.")], tools=tools
+    )
     sent = [{"role": m["role"], "content": m["content"]} for m in bodies[0]["messages"]]
     assert example.messages[:-1] == sent
-    assert example.messages[-1] == {"role": "assistant",
-                                    "content": '{"answer": "Ahoy! The answer is Lima."}'}
+    assert example.messages[-1] == {
+        "role": "assistant",
+        "content": '{"answer": "Ahoy! The answer is Lima."}',
+    }
     assert ("lookup_capital" in sent[0]["content"]) == bool(tools)
 
 
 def _trace(i: int, **fields) -> Trace:
-    base = dict(id=f"{i:032x}", created_at=0.0, query=f"question {i}", spec_hash="s",
-                thread_id="t", loop="react", model="m", backend="embedded", status="ok",
-                final_answer=f"answer {i}", feedback=1.0)
+    base = dict(
+        id=f"{i:032x}",
+        created_at=0.0,
+        query=f"question {i}",
+        spec_hash="s",
+        thread_id="t",
+        loop="react",
+        model="m",
+        backend="embedded",
+        status="ok",
+        final_answer=f"answer {i}",
+        feedback=1.0,
+    )
     return Trace(**{**base, **fields})
 
 
 def test_trace_examples_keep_good_eligible_runs_only_and_scrub_them():
     spec = Spec()
     traces = [
-        _trace(1, query="Mail bob@example.com about the trip",
-               final_answer="Mailed bob@example.com",
-               messages=[
-                   {"role": "ai", "content": "", "tool_calls": [
-                       {"name": "send_mail", "args": {"to": "bob@example.com"}, "id": "c1"}]},
-                   {"role": "tool", "content": "sent", "tool_call_id": "c1", "name": "send_mail",
-                    "status": "success"},
-                   {"role": "ai", "content": "Mailed bob@example.com"}]),
-        _trace(2, feedback=0.5),              # below the threshold
-        _trace(3, feedback=None),             # no feedback: not known to be good
-        _trace(4, sensitive=True),            # used a sensitive server
+        _trace(
+            1,
+            query="Mail bob@example.com about the trip",
+            final_answer="Mailed bob@example.com",
+            messages=[
+                {
+                    "role": "ai",
+                    "content": "",
+                    "tool_calls": [
+                        {"name": "send_mail", "args": {"to": "bob@example.com"}, "id": "c1"}
+                    ],
+                },
+                {
+                    "role": "tool",
+                    "content": "sent",
+                    "tool_call_id": "c1",
+                    "name": "send_mail",
+                    "status": "success",
+                },
+                {"role": "ai", "content": "Mailed bob@example.com"},
+            ],
+        ),
+        _trace(2, feedback=0.5),  # below the threshold
+        _trace(3, feedback=None),  # no feedback: not known to be good
+        _trace(4, sensitive=True),  # used a sensitive server
         _trace(5, status="error", final_answer=None),
         _trace(6, feedback=0.7, messages=[{"role": "ai", "content": "answer 6"}]),
     ]
@@ -237,11 +271,18 @@ def test_shared_prefix_loss_equals_the_plain_loss():
     from homespun.learning.training.sft import _Encoded, batch_loss
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    model = get_peft_model(LlamaForCausalLM(config),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                      init_lora_weights=False))
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    model = get_peft_model(
+        LlamaForCausalLM(config),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     prefix = [3, 4, 5, 6, 7, 8]
     batch = [
         _Encoded(prefix + [9, 10, 11], [-100] * 7 + [10, 11]),
@@ -270,35 +311,72 @@ def test_a_failing_training_subprocess_raises_with_its_stderr(tmp_path):
     _training_deps()
     from homespun.learning.training.sft import TrainConfig, TrainingError, run_training_subprocess
 
-    example = SFTExample(messages=[{"role": "user", "content": "q"},
-                                   {"role": "assistant", "content": "a"}])
+    example = SFTExample(
+        messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    )
     with pytest.raises(TrainingError, match=r"(?s)exit status 1.*no-such\.gguf"):
-        run_training_subprocess(tmp_path / "no-such.gguf", [example], tmp_path / "out",
-                                TrainConfig(steps=1), cache_dir=tmp_path / "cache")
+        run_training_subprocess(
+            tmp_path / "no-such.gguf",
+            [example],
+            tmp_path / "out",
+            TrainConfig(steps=1),
+            cache_dir=tmp_path / "cache",
+        )
 
 
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
-    "Portugal": "Lisbon", "Austria": "Vienna", "Poland": "Warsaw", "Greece": "Athens",
-    "Norway": "Oslo", "Sweden": "Stockholm", "Finland": "Helsinki", "Denmark": "Copenhagen",
-    "Ireland": "Dublin", "Belgium": "Brussels", "Hungary": "Budapest", "Russia": "Moscow",
-    "Egypt": "Cairo", "Kenya": "Nairobi", "Nigeria": "Abuja", "Morocco": "Rabat",
-    "Ghana": "Accra", "Ethiopia": "Addis Ababa", "China": "Beijing", "Japan": "Tokyo",
-    "India": "New Delhi", "Thailand": "Bangkok", "Vietnam": "Hanoi", "Iran": "Tehran",
-    "Turkey": "Ankara", "Canada": "Ottawa", "Mexico": "Mexico City", "Cuba": "Havana",
-    "Brazil": "Brasilia", "Argentina": "Buenos Aires", "Chile": "Santiago",
-    "Colombia": "Bogota", "Australia": "Canberra", "New Zealand": "Wellington",
-    "South Korea": "Seoul", "Indonesia": "Jakarta",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Portugal": "Lisbon",
+    "Austria": "Vienna",
+    "Poland": "Warsaw",
+    "Greece": "Athens",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Denmark": "Copenhagen",
+    "Ireland": "Dublin",
+    "Belgium": "Brussels",
+    "Hungary": "Budapest",
+    "Russia": "Moscow",
+    "Egypt": "Cairo",
+    "Kenya": "Nairobi",
+    "Nigeria": "Abuja",
+    "Morocco": "Rabat",
+    "Ghana": "Accra",
+    "Ethiopia": "Addis Ababa",
+    "China": "Beijing",
+    "Japan": "Tokyo",
+    "India": "New Delhi",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "Iran": "Tehran",
+    "Turkey": "Ankara",
+    "Canada": "Ottawa",
+    "Mexico": "Mexico City",
+    "Cuba": "Havana",
+    "Brazil": "Brasilia",
+    "Argentina": "Buenos Aires",
+    "Chile": "Santiago",
+    "Colombia": "Bogota",
+    "Australia": "Canberra",
+    "New Zealand": "Wellington",
+    "South Korea": "Seoul",
+    "Indonesia": "Jakarta",
 }
 HELD_OUT = {"Peru": "Lima", "Switzerland": "Bern", "Ukraine": "Kyiv", "Pakistan": "Islamabad"}
-PHRASINGS = ("What is the capital of {}?", "What's the capital city of {}?",
-             "Which city is the capital of {}?", "Tell me the capital of {}.")
+PHRASINGS = (
+    "What is the capital of {}?",
+    "What's the capital city of {}?",
+    "Which city is the capital of {}?",
+    "Tell me the capital of {}.",
+)
 
 
 @pytest.mark.slow
-async def test_trained_lora_changes_the_assistant_through_the_embedded_engine(
-    model_path, settings
-):
+async def test_trained_lora_changes_the_assistant_through_the_embedded_engine(model_path, settings):
     """A behaviour the base model never shows (answering capital questions as a pirate:
     "Ahoy! The answer is ...") is trained in a few dozen CPU steps, converted, stored, and
     named in the spec; the assistant built from that spec shows it on held-out countries,
@@ -311,8 +389,10 @@ async def test_trained_lora_changes_the_assistant_through_the_embedded_engine(
     )
 
     spec = spec_from_data({"agent": {"loop": "simple"}, "engine": {"threads": 2}})
-    pairs = [(PHRASINGS[i % len(PHRASINGS)].format(country), f"Ahoy! The answer is {city}.")
-             for i, (country, city) in enumerate(CAPITALS.items())]
+    pairs = [
+        (PHRASINGS[i % len(PHRASINGS)].format(country), f"Ahoy! The answer is {city}.")
+        for i, (country, city) in enumerate(CAPITALS.items())
+    ]
     examples = sft_examples_from_pairs(spec, pairs)
 
     # Train first, with the engine idle: torch and llama.cpp must not share the 2 cores.
@@ -320,14 +400,20 @@ async def test_trained_lora_changes_the_assistant_through_the_embedded_engine(
     started = time.perf_counter()
     cfg = TrainConfig(steps=10, learning_rate=1e-3, batch_size=8, threads=2)
     adapter_dir = run_training_subprocess(
-        model_path, examples, settings.home / "train" / "run-1", cfg,
-        cache_dir=test_models_dir() / "hf-cache", progress=progress.append,
+        model_path,
+        examples,
+        settings.home / "train" / "run-1",
+        cfg,
+        cache_dir=test_models_dir() / "hf-cache",
+        progress=progress.append,
     )
     wall = time.perf_counter() - started
     report = json.loads((adapter_dir / "training.json").read_text())
-    print(f"\ntraining: {report['steps']} steps in {report['train_s']}s "
-          f"({report['steps_per_s']} steps/s), base load {report['load_s']}s, "
-          f"wall {wall:.1f}s, loss {report['first_loss']} -> {report['last_loss']}")
+    print(
+        f"\ntraining: {report['steps']} steps in {report['train_s']}s "
+        f"({report['steps_per_s']} steps/s), base load {report['load_s']}s, "
+        f"wall {wall:.1f}s, loss {report['first_loss']} -> {report['last_loss']}"
+    )
     assert [p.step for p in progress] == list(range(1, cfg.steps + 1))  # streamed
     assert report["last_loss"] < report["first_loss"] / 3
 
@@ -338,8 +424,9 @@ async def test_trained_lora_changes_the_assistant_through_the_embedded_engine(
     async def answers(s: Spec) -> list[str]:
         out = []
         for country in HELD_OUT:
-            result = await run_assistant(s, settings, f"What is the capital of {country}?",
-                                         tools=[], persist=False)
+            result = await run_assistant(
+                s, settings, f"What is the capital of {country}?", tools=[], persist=False
+            )
             assert result.ok, result.trace.error
             out.append(result.answer)
         return out

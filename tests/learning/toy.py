@@ -28,8 +28,17 @@ class ToyBenchmark:
         self.per_category = per_category
 
     def tasks(self) -> list[Task]:
-        return [Task(id=f"{c}-{i}", query=f"Q:{c}:{c}-{i}-gold", category=c, suite="toy",
-                     gold=f"{c}-{i}-gold") for c in CATEGORIES for i in range(self.per_category)]
+        return [
+            Task(
+                id=f"{c}-{i}",
+                query=f"Q:{c}:{c}-{i}-gold",
+                category=c,
+                suite="toy",
+                gold=f"{c}-{i}-gold",
+            )
+            for c in CATEGORIES
+            for i in range(self.per_category)
+        ]
 
     @asynccontextmanager
     async def environment(self, task, spec, settings):

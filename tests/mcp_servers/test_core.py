@@ -1,5 +1,5 @@
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import fastmcp
 import pytest
@@ -120,7 +120,7 @@ async def test_think_acknowledges_and_stores_nothing(server, tmp_path):
 
 
 async def test_current_time_is_iso_in_the_zone(server):
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     text = await call(server, "current_time", timezone="Asia/Kolkata")
     stamp = datetime.fromisoformat(text)
     assert stamp.utcoffset() == timedelta(hours=5, minutes=30)

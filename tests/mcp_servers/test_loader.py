@@ -24,10 +24,14 @@ def shout_server(**kw) -> ToolServerSpec:
 
 async def test_builtin_core_tools_run_through_mcp(settings):
     spec = Spec()
-    model = ScriptedChatModel(script=[tool_call("calculator", {"expression": "37 * 41"}),
-                                      tool_call("remember", {"text": "Ada likes tea"}),
-                                      tool_call("search_memory", {"query": "tea"}),
-                                      "done"])
+    model = ScriptedChatModel(
+        script=[
+            tool_call("calculator", {"expression": "37 * 41"}),
+            tool_call("remember", {"text": "Ada likes tea"}),
+            tool_call("search_memory", {"query": "tea"}),
+            "done",
+        ]
+    )
     res = await run_assistant(spec, settings, "q", model=model)
     calc, remember, search = res.trace.tool_calls
     assert calc.result == "1517" and calc.server == "core"
@@ -48,16 +52,25 @@ async def test_spec_description_override_is_what_the_model_sees(settings):
 
 @pytest.mark.slow
 async def test_stdio_server_from_spec_is_called_by_react_with_overridden_description(
-        settings, monkeypatch):
+    settings, monkeypatch
+):
     monkeypatch.setenv("SHOUT_SUFFIX_SECRET", "!")
     spec = Spec()
     spec.agent.repeat_guard = False  # counter() is called twice on purpose
-    spec.tools.servers.append(shout_server(
-        descriptions={"shout": "Makes text loud. Use it for greetings."},
-        env={"SHOUT_SUFFIX": "${SHOUT_SUFFIX_SECRET}"},
-    ))
-    model = ScriptedChatModel(script=[tool_call("shout", {"text": "hello"}),
-                                      tool_call("counter"), tool_call("counter"), "HELLO!"])
+    spec.tools.servers.append(
+        shout_server(
+            descriptions={"shout": "Makes text loud. Use it for greetings."},
+            env={"SHOUT_SUFFIX": "${SHOUT_SUFFIX_SECRET}"},
+        )
+    )
+    model = ScriptedChatModel(
+        script=[
+            tool_call("shout", {"text": "hello"}),
+            tool_call("counter"),
+            tool_call("counter"),
+            "HELLO!",
+        ]
+    )
     res = await run_assistant(spec, settings, "greet", model=model)
     shout, c1, c2 = res.trace.tool_calls
     assert (shout.server, shout.result) == ("shout", "HELLO!")
@@ -94,8 +107,9 @@ async def test_missing_env_reference_is_named(settings, monkeypatch):
 
 async def test_a_server_that_cannot_start_names_its_entry(settings):
     spec = Spec()
-    spec.tools.servers.append(ToolServerSpec(name="ghost", kind="stdio",
-                                             command="/nonexistent/mcp-server"))
+    spec.tools.servers.append(
+        ToolServerSpec(name="ghost", kind="stdio", command="/nonexistent/mcp-server")
+    )
     with pytest.raises(ToolLoadError, match=r"tools.servers\[1\] \('ghost', stdio\)"):
         async with open_tools(spec, settings):
             pass
@@ -113,20 +127,28 @@ def notes_folder(tmp_path: Path) -> Path:
 
 
 def notes_spec(folder: Path) -> Spec:
-    return Spec(tools={"servers": [
-        ToolServerSpec(name="core", kind="builtin", builtin="core", enabled=["calculator"]),
-        ToolServerSpec(name="notes", kind="builtin", builtin="notes",
-                       options={"path": str(folder)},
-                       descriptions={"read_note": "Open a note from the vault."}),
-    ]})
+    return Spec(
+        tools={
+            "servers": [
+                ToolServerSpec(name="core", kind="builtin", builtin="core", enabled=["calculator"]),
+                ToolServerSpec(
+                    name="notes",
+                    kind="builtin",
+                    builtin="notes",
+                    options={"path": str(folder)},
+                    descriptions={"read_note": "Open a note from the vault."},
+                ),
+            ]
+        }
+    )
 
 
 async def test_the_studio_path_loads_a_builtin_connector_not_the_core_server(
-        notes_folder, settings):
+    notes_folder, settings
+):
     spec = notes_spec(notes_folder)
     loaded = await load_tools_stateless(spec, settings)  # no session is held after this
-    assert loaded.server_of == {"calculator": "core", "search_notes": "notes",
-                                "read_note": "notes"}
+    assert loaded.server_of == {"calculator": "core", "search_notes": "notes", "read_note": "notes"}
     tools = loaded.by_name()
     assert tools["read_note"].description == "Open a note from the vault."
     hit = await tools["search_notes"].ainvoke({"query": "plumber"})
@@ -140,15 +162,18 @@ async def test_the_studio_path_loads_a_builtin_connector_not_the_core_server(
     async with open_tools(spec, settings) as held:
         assert held.server_of == loaded.server_of
         assert {t.name: t.description for t in held.tools} == {
-            t.name: t.description for t in loaded.tools}
+            t.name: t.description for t in loaded.tools
+        }
 
 
 async def test_the_studio_path_runs_the_assistant_graph_with_connector_tools(
-        notes_folder, settings):
+    notes_folder, settings
+):
     spec = notes_spec(notes_folder)
     loaded = await load_tools_stateless(spec, settings)
-    model = ScriptedChatModel(script=[tool_call("search_notes", {"query": "plumber"}),
-                                      "Call the plumber."])
+    model = ScriptedChatModel(
+        script=[tool_call("search_notes", {"query": "plumber"}), "Call the plumber."]
+    )
     graph = build_assistant_graph(spec, model, loaded.tools)  # no checkpointer, like Studio
     state = await graph.ainvoke(new_question_state(HumanMessage("what is on my todo?")))
     result = state["messages"][-2]
@@ -168,9 +193,17 @@ async def test_the_studio_path_makes_no_blocking_call_on_the_event_loop(notes_fo
 
 
 async def test_the_studio_path_names_a_connector_entry_with_bad_options(tmp_path, settings):
-    spec = Spec(tools={"servers": [
-        ToolServerSpec(name="notes", kind="builtin", builtin="notes",
-                       options={"path": str(tmp_path / "missing")}),
-    ]})
+    spec = Spec(
+        tools={
+            "servers": [
+                ToolServerSpec(
+                    name="notes",
+                    kind="builtin",
+                    builtin="notes",
+                    options={"path": str(tmp_path / "missing")},
+                ),
+            ]
+        }
+    )
     with pytest.raises(ToolLoadError, match=r"tools\.servers\[0\]\.options\.path"):
         await load_tools_stateless(spec, settings)

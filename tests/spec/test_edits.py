@@ -19,7 +19,6 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.tools import tool
 from pydantic import ValidationError
 
-from homespun.engines.factory import build_chat_model
 from homespun.engines.testing import ScriptedChatModel, tool_call
 from homespun.graphs.assistant import build_assistant_graph
 from homespun.graphs.runner import run_assistant
@@ -95,8 +94,13 @@ def engine(http_stub):
 def http_spec(base_url: str, **engine_fields) -> Spec:
     spec = Spec()
     spec.engine = spec.engine.model_validate(
-        {**spec.engine.model_dump(), "backend": "openai_compatible", "base_url": base_url,
-         **engine_fields})
+        {
+            **spec.engine.model_dump(),
+            "backend": "openai_compatible",
+            "base_url": base_url,
+            **engine_fields,
+        }
+    )
     return spec
 
 
@@ -127,8 +131,9 @@ def _max_tokens(body: dict) -> int:
         ("seed", 1234, lambda b: b["seed"]),
     ],
 )
-async def test_set_generation_param_reaches_the_engine_request(settings, engine, param, value,
-                                                               read):
+async def test_set_generation_param_reaches_the_engine_request(
+    settings, engine, param, value, read
+):
     url, bodies = engine
     spec = http_spec(url)
     before = read(await engine_request(spec, settings, bodies))
@@ -200,15 +205,26 @@ async def test_set_engine_param_timeout_s_bounds_each_model_call(settings, engin
 async def test_set_engine_param_context_length_and_threads_reach_ollama(settings):
     spec = Spec()
     spec.engine = spec.engine.model_validate(
-        {**spec.engine.model_dump(), "backend": "ollama", "base_url": "http://127.0.0.1:11434"})
-    edited = apply(spec, SetEngineParam(param="context_length", value=8192),
-                   SetEngineParam(param="threads", value="3"))
-    reply = {"model": "m", "created_at": "2026-01-01T00:00:00Z",
-             "message": {"role": "assistant", "content": '{"answer": "pong"}'},
-             "done": True, "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 2}
+        {**spec.engine.model_dump(), "backend": "ollama", "base_url": "http://127.0.0.1:11434"}
+    )
+    edited = apply(
+        spec,
+        SetEngineParam(param="context_length", value=8192),
+        SetEngineParam(param="threads", value="3"),
+    )
+    reply = {
+        "model": "m",
+        "created_at": "2026-01-01T00:00:00Z",
+        "message": {"role": "assistant", "content": '{"answer": "pong"}'},
+        "done": True,
+        "done_reason": "stop",
+        "prompt_eval_count": 3,
+        "eval_count": 2,
+    }
     with respx.mock:
         route = respx.post("http://127.0.0.1:11434/api/chat").mock(
-            return_value=httpx.Response(200, json=reply))
+            return_value=httpx.Response(200, json=reply)
+        )
         for s in (spec, edited):
             res = await run_assistant(s, settings, "ping", tools=[calculator], persist=False)
             assert res.trace.status == "ok", res.trace.error
@@ -218,14 +234,16 @@ async def test_set_engine_param_context_length_and_threads_reach_ollama(settings
 
 
 async def test_set_engine_param_parallel_and_model_reach_the_embedded_engine(
-        settings, engine, monkeypatch, tmp_path):
+    settings, engine, monkeypatch, tmp_path
+):
     # llama.cpp itself is not loaded here: the seam is the call that starts it.
     url, bodies = engine
     started: list[dict] = []
 
     def fake_embedded_server(model_path, *, n_ctx, threads, parallel, log_file, adapters=()):
-        started.append({"model": model_path.name, "n_ctx": n_ctx, "threads": threads,
-                        "parallel": parallel})
+        started.append(
+            {"model": model_path.name, "n_ctx": n_ctx, "threads": threads, "parallel": parallel}
+        )
         return SimpleNamespace(base_url=url, api_key="k")
 
     monkeypatch.setattr("homespun.engines.embedded.get_embedded_server", fake_embedded_server)
@@ -233,10 +251,13 @@ async def test_set_engine_param_parallel_and_model_reach_the_embedded_engine(
         (tmp_path / name).write_bytes(b"GGUF")
     spec = Spec()
     spec.intelligence.model = str(tmp_path / "a.gguf")
-    edited = apply(spec, SetEngineParam(param="parallel", value=4),
-                   SetEngineParam(param="context_length", value=2048.0),
-                   SetEngineParam(param="threads", value=2),
-                   SetModel(model=str(tmp_path / "b.gguf")))
+    edited = apply(
+        spec,
+        SetEngineParam(param="parallel", value=4),
+        SetEngineParam(param="context_length", value=2048.0),
+        SetEngineParam(param="threads", value=2),
+        SetModel(model=str(tmp_path / "b.gguf")),
+    )
     for s in (spec, edited):
         res = await run_assistant(s, settings, "ping", tools=[calculator], persist=False)
         assert res.trace.status == "ok", res.trace.error
@@ -252,8 +273,7 @@ async def test_set_engine_param_parallel_and_model_reach_the_embedded_engine(
 
 async def system_message(spec: Spec, settings) -> str:
     model = ScriptedChatModel(script=["ok"])
-    res = await run_assistant(spec, settings, "hi", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(spec, settings, "hi", model=model, tools=[calculator], persist=False)
     assert res.trace.status == "ok"
     first = model.calls[0]["messages"][0]
     assert isinstance(first, SystemMessage)
@@ -264,12 +284,15 @@ async def system_message(spec: Spec, settings) -> str:
     ("op", "expected"),
     [
         (ReplaceSystemPrompt(text="You are a pirate."), "You are a pirate."),
-        (PatchSystemPrompt(mode="append", text="Always use the calculator."),
-         "Be brief.\nAlways use the calculator."),
-        (PatchSystemPrompt(mode="prepend", text="You are homespun."),
-         "You are homespun.\nBe brief."),
-        (PatchSystemPrompt(mode="replace_text", old="brief", text="very brief"),
-         "Be very brief."),
+        (
+            PatchSystemPrompt(mode="append", text="Always use the calculator."),
+            "Be brief.\nAlways use the calculator.",
+        ),
+        (
+            PatchSystemPrompt(mode="prepend", text="You are homespun."),
+            "You are homespun.\nBe brief.",
+        ),
+        (PatchSystemPrompt(mode="replace_text", old="brief", text="very brief"), "Be very brief."),
     ],
     ids=["replace", "append", "prepend", "replace_text"],
 )
@@ -316,13 +339,25 @@ async def test_set_agent_loop_changes_the_model_calls_of_a_run(settings):
     assert [c["tools"] for c in model.calls] == [["calculator"]]
 
     model = ScriptedChatModel(script=["hi"])
-    await run_assistant(apply(spec, SetAgentLoop(loop="simple")), settings, "q", model=model,
-                        tools=[calculator], persist=False)
+    await run_assistant(
+        apply(spec, SetAgentLoop(loop="simple")),
+        settings,
+        "q",
+        model=model,
+        tools=[calculator],
+        persist=False,
+    )
     assert [c["tools"] for c in model.calls] == [[]]  # one call, no tools
 
     model = ScriptedChatModel(script=["1. answer it", "done", "final"])
-    res = await run_assistant(apply(spec, SetAgentLoop(loop="plan_execute")), settings, "q",
-                              model=model, tools=[calculator], persist=False)
+    res = await run_assistant(
+        apply(spec, SetAgentLoop(loop="plan_execute")),
+        settings,
+        "q",
+        model=model,
+        tools=[calculator],
+        persist=False,
+    )
     assert res.answer == "final"
     plan, step, answer = model.calls
     assert plan["tools"] == [] and "numbered plan" in plan["messages"][-1].content
@@ -331,18 +366,19 @@ async def test_set_agent_loop_changes_the_model_calls_of_a_run(settings):
 
 
 async def test_set_agent_param_max_turns_stops_the_run_sooner(settings):
-    script = [tool_call("calculator", {"expression": "1 * 1"}),
-              tool_call("calculator", {"expression": "2 * 2"}), "done"]
+    script = [
+        tool_call("calculator", {"expression": "1 * 1"}),
+        tool_call("calculator", {"expression": "2 * 2"}),
+        "done",
+    ]
     spec = agent_spec("react")
     model = ScriptedChatModel(script=script)
-    res = await run_assistant(spec, settings, "q", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(spec, settings, "q", model=model, tools=[calculator], persist=False)
     assert res.answer == "done" and len(model.calls) == 3
 
     edited = apply(spec, SetAgentParam(param="max_turns", value=2))
     model = ScriptedChatModel(script=script)
-    res = await run_assistant(edited, settings, "q", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(edited, settings, "q", model=model, tools=[calculator], persist=False)
     assert res.trace.status == "error" and "turn limit" in res.trace.error
     assert len(model.calls) == 2
 
@@ -355,13 +391,25 @@ async def test_set_agent_param_tool_policy(settings):
     assert [c["tool_choice"] for c in model.calls] == [None, None]
 
     model = ScriptedChatModel(script=script)
-    await run_assistant(apply(spec, SetAgentParam(param="tool_policy", value="required_first")),
-                        settings, "2*2", model=model, tools=[calculator], persist=False)
+    await run_assistant(
+        apply(spec, SetAgentParam(param="tool_policy", value="required_first")),
+        settings,
+        "2*2",
+        model=model,
+        tools=[calculator],
+        persist=False,
+    )
     assert [c["tool_choice"] for c in model.calls] == ["required", None]
 
     model = ScriptedChatModel(script=["no tools"])
-    await run_assistant(apply(spec, SetAgentParam(param="tool_policy", value="none")),
-                        settings, "2*2", model=model, tools=[calculator], persist=False)
+    await run_assistant(
+        apply(spec, SetAgentParam(param="tool_policy", value="none")),
+        settings,
+        "2*2",
+        model=model,
+        tools=[calculator],
+        persist=False,
+    )
     assert model.calls[0]["tools"] == []
 
 
@@ -369,15 +417,13 @@ async def test_set_agent_param_max_plan_steps_truncates_the_plan(settings):
     plan = "1. first\n2. second\n3. third\n4. fourth"
     spec = agent_spec("plan_execute")
     model = ScriptedChatModel(script=[plan, "a", "b", "c", "d", "final"])
-    res = await run_assistant(spec, settings, "q", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(spec, settings, "q", model=model, tools=[calculator], persist=False)
     assert res.answer == "final" and len(model.calls) == 6
     assert "(at most 4 steps)" in model.calls[0]["messages"][-1].content
 
     edited = apply(spec, SetAgentParam(param="max_plan_steps", value=2))
     model = ScriptedChatModel(script=[plan, "a", "b", "final"])
-    res = await run_assistant(edited, settings, "q", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(edited, settings, "q", model=model, tools=[calculator], persist=False)
     assert res.answer == "final" and len(model.calls) == 4
     assert "(at most 2 steps)" in model.calls[0]["messages"][-1].content
     assert "step 2 of 2 of your plan: second" in model.calls[2]["messages"][-1].content
@@ -385,21 +431,22 @@ async def test_set_agent_param_max_plan_steps_truncates_the_plan(settings):
 
 async def test_set_agent_param_repeat_guard_on_and_off(settings):
     def script():
-        return [tool_call("calculator", {"expression": "37 * 41"}),
-                tool_call("calculator", {"expression": "37 * 41"}), "1517"]
+        return [
+            tool_call("calculator", {"expression": "37 * 41"}),
+            tool_call("calculator", {"expression": "37 * 41"}),
+            "1517",
+        ]
 
     spec = agent_spec("react")
     model = ScriptedChatModel(script=script())
-    res = await run_assistant(spec, settings, "q", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(spec, settings, "q", model=model, tools=[calculator], persist=False)
     assert len(res.trace.tool_calls) == 1  # the repeat was not run
     assert model.calls[2]["tools"] == []
     assert "Do not call it again" in model.calls[2]["messages"][-1].content
 
     edited = apply(spec, SetAgentParam(param="repeat_guard", value=False))
     model = ScriptedChatModel(script=script())
-    res = await run_assistant(edited, settings, "q", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(edited, settings, "q", model=model, tools=[calculator], persist=False)
     assert res.answer == "1517"
     assert [c.result for c in res.trace.tool_calls] == ["1517", "1517"]  # ran twice
     assert model.calls[2]["tools"] == ["calculator"]
@@ -422,15 +469,18 @@ async def test_edit_few_shot_add_remove_replace_change_the_messages(settings):
     spec = agent_spec("simple", few_shot=[FewShotExample(user="2+2?", assistant="4")])
     assert await sent_messages(spec, settings) == ["2+2?", "4", "hi"]
 
-    added = apply(spec, EditFewShot(action="add",
-                                    example=FewShotExample(user="3*3?", assistant="9")))
+    added = apply(
+        spec, EditFewShot(action="add", example=FewShotExample(user="3*3?", assistant="9"))
+    )
     assert await sent_messages(added, settings) == ["2+2?", "4", "3*3?", "9", "hi"]
 
     removed = apply(added, EditFewShot(action="remove", index=0))
     assert await sent_messages(removed, settings) == ["3*3?", "9", "hi"]
 
-    replaced = apply(added, EditFewShot(action="replace", index=-1,
-                                        example=FewShotExample(user="5-1?", assistant="4")))
+    replaced = apply(
+        added,
+        EditFewShot(action="replace", index=-1, example=FewShotExample(user="5-1?", assistant="4")),
+    )
     assert await sent_messages(replaced, settings) == ["2+2?", "4", "5-1?", "4", "hi"]
 
     emptied = apply(spec, EditFewShot(action="remove"))
@@ -440,22 +490,30 @@ async def test_edit_few_shot_add_remove_replace_change_the_messages(settings):
 async def test_add_verifier_sends_a_failing_answer_back_with_feedback(settings):
     spec = agent_spec("react")
     model = ScriptedChatModel(script=["about forty", "42"])
-    res = await run_assistant(spec, settings, "6*7?", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(
+        spec, settings, "6*7?", model=model, tools=[calculator], persist=False
+    )
     assert res.answer == "about forty" and len(model.calls) == 1
 
-    edited = apply(spec, AddVerifier(verifier=VerifierSpec(
-        kind="regex", pattern=r"^\d+$", feedback="Answer with the number only.")))
+    edited = apply(
+        spec,
+        AddVerifier(
+            verifier=VerifierSpec(
+                kind="regex", pattern=r"^\d+$", feedback="Answer with the number only."
+            )
+        ),
+    )
     model = ScriptedChatModel(script=["about forty", "42"])
-    res = await run_assistant(edited, settings, "6*7?", model=model, tools=[calculator],
-                              persist=False)
+    res = await run_assistant(
+        edited, settings, "6*7?", model=model, tools=[calculator], persist=False
+    )
     assert res.answer == "42" and len(model.calls) == 2
     feedback = model.calls[1]["messages"][-1]
     assert isinstance(feedback, HumanMessage)
     assert feedback.content == "Answer with the number only." and feedback.name == "verifier"
 
 
-# --------------------------------------------------------------------------- tools (real core server)
+# ------------------------------------------------------------------------ tools (real core server)
 
 
 async def offered(spec: Spec, settings, script=("ok",)):
@@ -474,13 +532,15 @@ async def test_remove_tool_and_add_tool_change_what_the_model_is_offered(setting
     removed = apply(spec, RemoveTool(server="core", tool="calculator"))
     assert removed.tools.server("core").disabled == ["calculator"]
     names, _, trace = await offered(
-        removed, settings, [tool_call("calculator", {"expression": "2 * 3"}), "ok"])
+        removed, settings, [tool_call("calculator", {"expression": "2 * 3"}), "ok"]
+    )
     assert names == set(CORE_TOOL_NAMES) - {"calculator"}
     assert "unknown tool 'calculator'" in trace.tool_calls[0].error  # and it cannot run
 
     restored = apply(removed, AddTool(server="core", tool="calculator"))
     names, _, trace = await offered(
-        restored, settings, [tool_call("calculator", {"expression": "2 * 3"}), "ok"])
+        restored, settings, [tool_call("calculator", {"expression": "2 * 3"}), "ok"]
+    )
     assert names == set(CORE_TOOL_NAMES)
     assert trace.tool_calls[0].result == "6"
 
@@ -507,8 +567,7 @@ async def test_set_tool_description_is_what_the_model_sees(settings):
     assert descriptions["search_memory"] == CORE_TOOL_DESCRIPTIONS["search_memory"]
 
     text = 'Look up what the user told you before. Use it for "my ..." questions.\nAlways.'
-    edited = apply(spec, SetToolDescription(server="core", tool="search_memory",
-                                            description=text))
+    edited = apply(spec, SetToolDescription(server="core", tool="search_memory", description=text))
     _, descriptions, _ = await offered(edited, settings)
     assert descriptions["search_memory"] == text
     assert descriptions["calculator"] == CORE_TOOL_DESCRIPTIONS["calculator"]
@@ -516,12 +575,15 @@ async def test_set_tool_description_is_what_the_model_sees(settings):
 
 async def test_set_memory_param_top_k_limits_search_memory_hits(settings):
     facts = [f"tea fact number {i}" for i in range(4)]
-    seed = AIMessage(content="", tool_calls=[
-        {"name": "remember", "args": {"text": f}, "id": f"r{i}", "type": "tool_call"}
-        for i, f in enumerate(facts)])
+    seed = AIMessage(
+        content="",
+        tool_calls=[
+            {"name": "remember", "args": {"text": f}, "id": f"r{i}", "type": "tool_call"}
+            for i, f in enumerate(facts)
+        ],
+    )
     spec = Spec()
-    model = ScriptedChatModel(script=[seed, tool_call("search_memory", {"query": "tea"}),
-                                      "done"])
+    model = ScriptedChatModel(script=[seed, tool_call("search_memory", {"query": "tea"}), "done"])
     res = await run_assistant(spec, settings, "remember these", model=model, persist=False)
     assert res.trace.status == "ok", res.trace.error
     search = res.trace.tool_calls[-1]
@@ -557,19 +619,21 @@ def test_every_op_of_the_union_has_an_effect_test():
     assert set(effect_tests) == ops
 
 
-# --------------------------------------------------------------------------- apply: purity, compound
+# ------------------------------------------------------------------------ apply: purity, compound
 
 
 def test_apply_proposal_is_pure():
     spec = Spec()
     spec.agent.few_shot = [FewShotExample(user="u", assistant="a")]
     data, digest = spec.to_data(), spec.content_hash()
-    new = apply(spec,
-                SetGenerationParam(param="temperature", value=0.5),
-                EditFewShot(action="add", example=FewShotExample(user="u2", assistant="a2")),
-                RemoveTool(server="core", tool="think"),
-                SetToolDescription(server="core", tool="calculator", description="Math."),
-                AddVerifier(verifier=VerifierSpec(kind="non_empty")))
+    new = apply(
+        spec,
+        SetGenerationParam(param="temperature", value=0.5),
+        EditFewShot(action="add", example=FewShotExample(user="u2", assistant="a2")),
+        RemoveTool(server="core", tool="think"),
+        SetToolDescription(server="core", tool="calculator", description="Math."),
+        AddVerifier(verifier=VerifierSpec(kind="non_empty")),
+    )
     assert spec.to_data() == data and spec.content_hash() == digest
     assert spec.tools.servers[0].disabled == [] and len(spec.agent.few_shot) == 1
     assert new.content_hash() != digest
@@ -580,8 +644,11 @@ def test_a_failing_proposal_leaves_the_spec_unchanged():
     spec = Spec()
     digest = spec.content_hash()
     with pytest.raises(EditError):
-        apply(spec, SetGenerationParam(param="temperature", value=0.5),
-              SetAgentParam(param="max_turns", value=0))
+        apply(
+            spec,
+            SetGenerationParam(param="temperature", value=0.5),
+            SetAgentParam(param="max_turns", value=0),
+        )
     assert spec.content_hash() == digest and spec.intelligence.temperature == 0.0
 
 
@@ -623,28 +690,49 @@ async def test_compound_proposal_applies_every_op_across_primitives(settings):
 @pytest.mark.parametrize(
     ("op", "op_name", "field"),
     [
-        (SetGenerationParam(param="temperature", value=3), "set_generation_param",
-         "intelligence.temperature"),
-        (SetGenerationParam(param="top_k", value=2.5), "set_generation_param",
-         "intelligence.top_k"),
-        (SetEngineParam(param="context_length", value="big"), "set_engine_param",
-         "engine.context_length"),
+        (
+            SetGenerationParam(param="temperature", value=3),
+            "set_generation_param",
+            "intelligence.temperature",
+        ),
+        (
+            SetGenerationParam(param="top_k", value=2.5),
+            "set_generation_param",
+            "intelligence.top_k",
+        ),
+        (
+            SetEngineParam(param="context_length", value="big"),
+            "set_engine_param",
+            "engine.context_length",
+        ),
         (SetEngineParam(param="threads", value=-2), "set_engine_param", "engine.threads"),
-        (SetEngineParam(param="tool_call_format", value="xml"), "set_engine_param",
-         "engine.tool_call_format"),
+        (
+            SetEngineParam(param="tool_call_format", value="xml"),
+            "set_engine_param",
+            "engine.tool_call_format",
+        ),
         (SetAgentParam(param="max_turns", value=0), "set_agent_param", "agent.max_turns"),
         (SetAgentParam(param="max_turns", value=True), "set_agent_param", "agent.max_turns"),
         (SetAgentParam(param="repeat_guard", value=0), "set_agent_param", "agent.repeat_guard"),
         (SetAgentParam(param="tool_policy", value=3), "set_agent_param", "agent.tool_policy"),
         (SetMemoryParam(param="top_k", value=0), "set_memory_param", "memory.top_k"),
-        (PatchSystemPrompt(mode="replace_text", old="no such words", text="x"),
-         "patch_system_prompt", "agent.system_prompt"),
+        (
+            PatchSystemPrompt(mode="replace_text", old="no such words", text="x"),
+            "patch_system_prompt",
+            "agent.system_prompt",
+        ),
         (EditFewShot(action="remove", index=7), "edit_few_shot", "agent.few_shot"),
         (EditFewShot(action="add"), "edit_few_shot", "edit_few_shot add needs an example"),
-        (SetToolDescription(server="core", tool="calculator", description="   "),
-         "set_tool_description", "tools.servers[0].descriptions"),
-        (SetToolDescription(server="nope", tool="calculator", description="d"),
-         "set_tool_description", "no tool server named 'nope'"),
+        (
+            SetToolDescription(server="core", tool="calculator", description="   "),
+            "set_tool_description",
+            "tools.servers[0].descriptions",
+        ),
+        (
+            SetToolDescription(server="nope", tool="calculator", description="d"),
+            "set_tool_description",
+            "no tool server named 'nope'",
+        ),
     ],
 )
 def test_an_op_that_makes_an_invalid_spec_names_op_and_field(op, op_name, field):
@@ -657,10 +745,14 @@ def test_an_op_that_makes_an_invalid_spec_names_op_and_field(op, op_name, field)
 def test_invalid_op_in_a_compound_proposal_is_named_by_position():
     spec = Spec()
     spec.engine = spec.engine.model_validate(
-        {**spec.engine.model_dump(), "backend": "anthropic", "tool_call_format": "native"})
+        {**spec.engine.model_dump(), "backend": "anthropic", "tool_call_format": "native"}
+    )
     with pytest.raises(EditError, match=r"op 1 \(set_engine_param\): engine: .*constrained"):
-        apply(spec, SetModel(model="claude"),
-              SetEngineParam(param="tool_call_format", value="constrained_json"))
+        apply(
+            spec,
+            SetModel(model="claude"),
+            SetEngineParam(param="tool_call_format", value="constrained_json"),
+        )
 
 
 def test_add_tool_and_remove_tool_errors_when_not_applicable():
@@ -684,9 +776,9 @@ def test_add_tool_and_remove_tool_errors_when_not_applicable():
 # --------------------------------------------------------------------------- TOML round trip
 
 TRICKY = [
-    'Say "hello" and \'bye\'.',
+    "Say \"hello\" and 'bye'.",
     'Line one\nLine "two"\n"""\nafter a triple quote',
-    "ends with a triple quote \"\"\"",
+    'ends with a triple quote """',
     "back\\slash at line end \\\n  next",
     "windows\r\nline and a tab\tand ''' single triples",
     "unicode: ü — ☕ and a control \x01",
@@ -713,8 +805,7 @@ def test_tricky_values_survive_a_toml_round_trip_after_apply(text):
     assert parse_spec(render_spec(spec, previous)).content_hash() == spec.content_hash()
 
 
-async def test_an_applied_tricky_prompt_saved_and_loaded_is_what_the_model_gets(
-        settings, tmp_path):
+async def test_an_applied_tricky_prompt_saved_and_loaded_is_what_the_model_gets(settings, tmp_path):
     path = tmp_path / "spec.toml"
     save_spec(agent_spec("simple"), path)
     text = 'You said """hi""".\nQuote: "x" \\ done'
@@ -729,14 +820,31 @@ async def test_an_applied_tricky_prompt_saved_and_loaded_is_what_the_model_gets(
     ("ops", "tier"),
     [
         ([SetGenerationParam(param="temperature", value=0.3)], "auto"),
-        ([SetModel(model="m"), RemoveTool(server="core", tool="think"),
-          SetMemoryParam(param="top_k", value=2)], "auto"),
+        (
+            [
+                SetModel(model="m"),
+                RemoveTool(server="core", tool="think"),
+                SetMemoryParam(param="top_k", value=2),
+            ],
+            "auto",
+        ),
         ([PatchSystemPrompt(mode="append", text="x")], "review"),
         ([SetAgentLoop(loop="simple")], "review"),
-        ([SetGenerationParam(param="top_p", value=0.5),
-          AddVerifier(verifier=VerifierSpec(kind="non_empty"))], "review"),
-        ([SetModel(model="m"), EditFewShot(action="add", example=FewShotExample(
-            user="u", assistant="a")), TrainLora()], "manual"),
+        (
+            [
+                SetGenerationParam(param="top_p", value=0.5),
+                AddVerifier(verifier=VerifierSpec(kind="non_empty")),
+            ],
+            "review",
+        ),
+        (
+            [
+                SetModel(model="m"),
+                EditFewShot(action="add", example=FewShotExample(user="u", assistant="a")),
+                TrainLora(),
+            ],
+            "manual",
+        ),
     ],
 )
 def test_risk_tier_is_the_strictest_op(ops, tier):
@@ -749,8 +857,9 @@ def test_tier_overrides_from_the_spec_apply():
     patch = Proposal(target_cluster="c", ops=[PatchSystemPrompt(mode="append", text="x")])
     assert risk_tier(patch, Spec()) == "review"
     assert risk_tier(patch, spec) == "auto"
-    model = Proposal(target_cluster="c", ops=[SetModel(model="m"),
-                                               SetGenerationParam(param="seed", value=1)])
+    model = Proposal(
+        target_cluster="c", ops=[SetModel(model="m"), SetGenerationParam(param="seed", value=1)]
+    )
     assert risk_tier(model, Spec()) == "auto"
     assert risk_tier(model, spec) == "manual"
 
@@ -766,8 +875,9 @@ def test_unknown_op_in_tier_overrides_is_a_spec_error():
 
 def test_a_proposal_cannot_carry_its_own_tier():
     with pytest.raises(ValidationError):
-        Proposal.model_validate({"target_cluster": "c", "tier": "auto",
-                                 "ops": [{"op": "set_model", "model": "m"}]})
+        Proposal.model_validate(
+            {"target_cluster": "c", "tier": "auto", "ops": [{"op": "set_model", "model": "m"}]}
+        )
 
 
 # --------------------------------------------------------------------------- Proposal JSON
@@ -804,20 +914,29 @@ def test_proposal_json_round_trips_through_the_discriminated_union():
     assert type(back.ops[8].value) is int and back.ops[10].value == "none"
     assert {o.op for o in back.ops} == set(OP_NAMES)
 
-    applicable = Proposal(target_cluster="arith",
-                          ops=[o for o in back.ops if not isinstance(o, TrainLora)])
-    original = Proposal(target_cluster="arith",
-                        ops=[o for o in proposal.ops if not isinstance(o, TrainLora)])
-    assert (apply_proposal(Spec(), applicable).content_hash()
-            == apply_proposal(Spec(), original).content_hash())
+    applicable = Proposal(
+        target_cluster="arith", ops=[o for o in back.ops if not isinstance(o, TrainLora)]
+    )
+    original = Proposal(
+        target_cluster="arith", ops=[o for o in proposal.ops if not isinstance(o, TrainLora)]
+    )
+    assert (
+        apply_proposal(Spec(), applicable).content_hash()
+        == apply_proposal(Spec(), original).content_hash()
+    )
 
 
 def test_proposal_from_teacher_json_picks_the_op_by_its_name():
-    raw = json.dumps({"target_cluster": "loops", "ops": [
-        {"op": "set_agent_param", "param": "repeat_guard", "value": True},
-        {"op": "set_agent_param", "param": "max_plan_steps", "value": 2},
-        {"op": "patch_system_prompt", "mode": "append", "text": "Stop when done."},
-    ]})
+    raw = json.dumps(
+        {
+            "target_cluster": "loops",
+            "ops": [
+                {"op": "set_agent_param", "param": "repeat_guard", "value": True},
+                {"op": "set_agent_param", "param": "max_plan_steps", "value": 2},
+                {"op": "patch_system_prompt", "mode": "append", "text": "Stop when done."},
+            ],
+        }
+    )
     proposal = Proposal.model_validate_json(raw)
     assert [type(o) for o in proposal.ops] == [SetAgentParam, SetAgentParam, PatchSystemPrompt]
     new = apply_proposal(agent_spec(repeat_guard=False), proposal)
@@ -825,21 +944,27 @@ def test_proposal_from_teacher_json_picks_the_op_by_its_name():
     assert "set_agent_param(param='repeat_guard', value=True)" in describe_proposal(proposal)
 
     with pytest.raises(ValidationError):
-        Proposal.model_validate_json(json.dumps(
-            {"target_cluster": "c", "ops": [{"op": "rewrite_toml", "text": "x"}]}))
+        Proposal.model_validate_json(
+            json.dumps({"target_cluster": "c", "ops": [{"op": "rewrite_toml", "text": "x"}]})
+        )
     with pytest.raises(ValidationError):
         Proposal.model_validate_json(json.dumps({"target_cluster": "c", "ops": []}))
     with pytest.raises(ValidationError):  # a typo'd field is not silently dropped
-        Proposal.model_validate_json(json.dumps(
-            {"target_cluster": "c", "ops": [{"op": "set_model", "modle": "x"}]}))
+        Proposal.model_validate_json(
+            json.dumps({"target_cluster": "c", "ops": [{"op": "set_model", "modle": "x"}]})
+        )
 
 
 def test_tool_servers_other_than_core_are_edited_by_name():
     spec = Spec()
-    spec.tools.servers.append(ToolServerSpec(name="shout", kind="stdio", command="python",
-                                             enabled=["shout"]))
-    new = apply(spec, AddTool(server="shout", tool="counter"),
-                SetToolDescription(server="shout", tool="shout", description="Loud."))
+    spec.tools.servers.append(
+        ToolServerSpec(name="shout", kind="stdio", command="python", enabled=["shout"])
+    )
+    new = apply(
+        spec,
+        AddTool(server="shout", tool="counter"),
+        SetToolDescription(server="shout", tool="shout", description="Loud."),
+    )
     assert new.tools.server("shout").enabled == ["shout", "counter"]
     assert new.tools.server("shout").descriptions == {"shout": "Loud."}
     assert new.tools.server("core") == spec.tools.server("core")

@@ -84,7 +84,8 @@ def test_save_keeps_comments_and_touches_only_changed_keys(tmp_path, default_tex
     after = path.read_text()
     assert "temperature = 0.7      # 0..2" in after
     changed = [
-        (a, b) for a, b in zip(default_text.splitlines(), after.splitlines(), strict=False)
+        (a, b)
+        for a, b in zip(default_text.splitlines(), after.splitlines(), strict=False)
         if a != b
     ]
     assert len(changed) == 1
@@ -97,8 +98,13 @@ def test_values_with_quotes_and_newlines_round_trip(tmp_path, default_text):
     spec = load_spec(path)
     spec.agent.system_prompt = 'Say "hi" \\ then\nanswer with """triple""" quotes'
     spec.tools.servers.append(
-        ToolServerSpec(name="ext", kind="stdio", command="python", args=["-c", "print('x')"],
-                       descriptions={"t": "a 'quoted' \"thing\""})
+        ToolServerSpec(
+            name="ext",
+            kind="stdio",
+            command="python",
+            args=["-c", "print('x')"],
+            descriptions={"t": "a 'quoted' \"thing\""},
+        )
     )
     spec.agent.few_shot = [{"user": "2+2?", "assistant": "4"}]
     save_spec(spec, path)
@@ -108,7 +114,7 @@ def test_values_with_quotes_and_newlines_round_trip(tmp_path, default_text):
     # removing the added server removes its table again
     back.tools.servers.pop()
     save_spec(back, path)
-    assert "name = \"ext\"" not in path.read_text()
+    assert 'name = "ext"' not in path.read_text()
     assert load_spec(path) == back
 
 

@@ -21,8 +21,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
 
 from homespun.graphs.runner import run_assistant
-from homespun.stores.traces import TraceStore
 from homespun.spec import Settings, Spec, SpecError, load_spec
+from homespun.stores.traces import TraceStore
 
 logger = logging.getLogger("homespun.channels")
 
@@ -145,7 +145,10 @@ class ChannelCore:
             return True
         logger.warning(
             "refused %s from user %s on %s: not in channels.%s.allowed_users",
-            what, user_id, self.source, self.source,
+            what,
+            user_id,
+            self.source,
+            self.source,
         )
         return False
 
@@ -165,8 +168,13 @@ class ChannelCore:
         lock = self._locks.setdefault(thread_id, asyncio.Lock())
         async with lock:
             result = await run_assistant(
-                spec, self.settings, text,
-                thread_id=thread_id, source=self.source, model=self.model, tools=self.tools,
+                spec,
+                self.settings,
+                text,
+                thread_id=thread_id,
+                source=self.source,
+                model=self.model,
+                tools=self.tools,
             )
         trace = result.trace
         self._last_trace[thread_key] = trace.id
@@ -178,7 +186,8 @@ class ChannelCore:
         logger.error("%s run %s failed: %s", self.source, trace.id, trace.error)
         return Reply(
             f"Sorry, that run failed: {trace.error or 'unknown error'} (trace {trace.id[:8]})",
-            trace.id, False,
+            trace.id,
+            False,
         )
 
     # ------------------------------------------------------------------ feedback

@@ -45,9 +45,14 @@ class ClientConfigError(ValueError):
     """The client's config file cannot be merged into (unreadable, not JSON, wrong shape)."""
 
 
-def default_config_path(client: ClientName, *, platform: str | None = None,
-                        environ: Mapping[str, str] | None = None,
-                        user_home: Path | None = None, cwd: Path | None = None) -> Path:
+def default_config_path(
+    client: ClientName,
+    *,
+    platform: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    user_home: Path | None = None,
+    cwd: Path | None = None,
+) -> Path:
     """Where `client` reads its MCP servers on this OS (VS Code: the current workspace)."""
     platform = platform or sys.platform
     environ = os.environ if environ is None else environ
@@ -69,8 +74,9 @@ def default_config_path(client: ClientName, *, platform: str | None = None,
     raise ValueError(f"unknown MCP client {client!r}; choose one of {', '.join(CLIENTS)}")
 
 
-def server_entry(client: ClientName, *, home: Path,
-                 extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def server_entry(
+    client: ClientName, *, home: Path, extra_env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The config entry that runs our server over stdio, with absolute paths only."""
     # abspath, not resolve(): a venv's python is a symlink whose target lacks the venv.
     python = os.path.abspath(sys.executable)
@@ -131,11 +137,13 @@ def _read_config(path: Path, key: str, client: str, entry: dict[str, Any]) -> di
             f"it was left unchanged. Fix it, or add this to it by hand:\n{by_hand}"
         ) from None
     if not isinstance(document, dict):
-        raise ClientConfigError(f"{path} holds a JSON {type(document).__name__}, not an "
-                                f"object; it was left unchanged")
+        raise ClientConfigError(
+            f"{path} holds a JSON {type(document).__name__}, not an object; it was left unchanged"
+        )
     if not isinstance(document.get(key, {}), dict):
-        raise ClientConfigError(f"{path}: {key!r} is not an object as {client} expects; "
-                                "it was left unchanged")
+        raise ClientConfigError(
+            f"{path}: {key!r} is not an object as {client} expects; it was left unchanged"
+        )
     return document
 
 

@@ -32,7 +32,6 @@ from fastmcp.server.auth import AccessToken, AuthProvider, TokenVerifier
 from pydantic import Field
 
 from homespun.spec import Settings, Spec, SpecError, load_spec
-
 from homespun.stores.memory import MemoryStore
 
 __all__ = [
@@ -70,8 +69,9 @@ def thread_id_for_session(session_id: str) -> str:
     return "mcp-" + hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:16]
 
 
-def create_assistant_server(settings: Settings, *, auth: AuthProvider | None = None
-                            ) -> fastmcp.FastMCP:
+def create_assistant_server(
+    settings: Settings, *, auth: AuthProvider | None = None
+) -> fastmcp.FastMCP:
     """The "homespun" MCP server: `ask`, `search_memory` and `give_feedback`.
 
     `auth` guards the HTTP transports (see `http_endpoint`); stdio needs none.
@@ -102,12 +102,14 @@ def create_assistant_server(settings: Settings, *, auth: AuthProvider | None = N
         if lock is None:
             lock = thread_locks[thread_id] = asyncio.Lock()
         async with lock:
-            result = await run_assistant(spec, settings, question, thread_id=thread_id,
-                                         source="mcp")
+            result = await run_assistant(
+                spec, settings, question, thread_id=thread_id, source="mcp"
+            )
         trace = result.trace
         if trace.status != "ok":
-            raise ToolError(f"the assistant run failed (trace {trace.id}): "
-                            f"{trace.error or 'unknown error'}")
+            raise ToolError(
+                f"the assistant run failed (trace {trace.id}): {trace.error or 'unknown error'}"
+            )
         return f"{trace.final_answer or ''}\n\n(trace {trace.id})"
 
     @server.tool(
@@ -118,8 +120,9 @@ def create_assistant_server(settings: Settings, *, auth: AuthProvider | None = N
     )
     def search_memory(
         query: Annotated[str, Field(description="Keywords, e.g. 'dentist appointment'.")],
-        limit: Annotated[int, Field(ge=1, le=SEARCH_MEMORY_MAX_LIMIT,
-                                    description="At most this many memories.")] = 5,
+        limit: Annotated[
+            int, Field(ge=1, le=SEARCH_MEMORY_MAX_LIMIT, description="At most this many memories.")
+        ] = 5,
     ) -> str:
         hits = MemoryStore(settings.memory_db).search(query, limit=limit)
         if not hits:
@@ -149,8 +152,7 @@ def create_assistant_server(settings: Settings, *, auth: AuthProvider | None = N
         try:
             TraceStore(settings.traces_db).set_feedback(trace_id.strip(), score)
         except KeyError as exc:
-            raise ToolError(f"{exc.args[0]}; use the ID printed after an answer of `ask`"
-                            ) from None
+            raise ToolError(f"{exc.args[0]}; use the ID printed after an answer of `ask`") from None
         return f"feedback {score:g} recorded for trace {trace_id.strip()}"
 
     return server
@@ -264,8 +266,13 @@ class HttpEndpoint:
     port: int
 
 
-def http_endpoint(settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT,
-                  *, allow_remote: bool = False) -> HttpEndpoint:
+def http_endpoint(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_HTTP_PORT,
+    *,
+    allow_remote: bool = False,
+) -> HttpEndpoint:
     """Build the bearer-protected streamable-HTTP app (no socket is opened here)."""
     if not is_loopback(host) and not allow_remote:
         raise RemoteBindRefused(
@@ -278,13 +285,23 @@ def http_endpoint(settings: Settings, host: str = "127.0.0.1", port: int = DEFAU
     server = create_assistant_server(settings, auth=_BearerTokenVerifier(token))
     app = server.http_app(path=MCP_PATH, transport="http")
     shown = f"[{host}]" if ":" in host else host
-    return HttpEndpoint(app=app, url=f"http://{shown}:{port}{MCP_PATH}",
-                        token_path=token_path(settings), host=host, port=port)
+    return HttpEndpoint(
+        app=app,
+        url=f"http://{shown}:{port}{MCP_PATH}",
+        token_path=token_path(settings),
+        host=host,
+        port=port,
+    )
 
 
-def serve_http(settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT,
-               *, allow_remote: bool = False,
-               on_ready: Callable[[HttpEndpoint], None] | None = None) -> None:
+def serve_http(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_HTTP_PORT,
+    *,
+    allow_remote: bool = False,
+    on_ready: Callable[[HttpEndpoint], None] | None = None,
+) -> None:
     """Serve streamable HTTP at http://host:port/mcp until interrupted.
 
     Every request needs `Authorization: Bearer <token>` (HOMESPUN_HOME/mcp_token); others
@@ -295,5 +312,4 @@ def serve_http(settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_
     endpoint = http_endpoint(settings, host, port, allow_remote=allow_remote)
     if on_ready is not None:
         on_ready(endpoint)
-    uvicorn.run(endpoint.app, host=host.strip("[]"), port=port, log_level="warning",
-                lifespan="on")
+    uvicorn.run(endpoint.app, host=host.strip("[]"), port=port, log_level="warning", lifespan="on")

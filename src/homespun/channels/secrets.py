@@ -57,7 +57,7 @@ def read_secrets_file(path: Path) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         if line.startswith("export "):
-            line = line[len("export "):].lstrip()
+            line = line[len("export ") :].lstrip()
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
             # Never echo the line: it may be a token pasted without its name.

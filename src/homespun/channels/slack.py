@@ -71,27 +71,29 @@ def build_slack_app(
         if reply is None:
             return
         for part in split_message(reply.text, SLACK_LIMIT):
-            sent = await client.chat_postMessage(channel=channel, thread_ts=thread_ts,
-                                                 text=part)
+            sent = await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=part)
             if sent.get("ts"):
                 reply_traces[(channel, sent["ts"])] = reply.trace_id
 
     @app.event("app_mention")
-    async def on_mention(event: dict[str, Any], client: AsyncWebClient,
-                         context: dict[str, Any]) -> None:
+    async def on_mention(
+        event: dict[str, Any], client: AsyncWebClient, context: dict[str, Any]
+    ) -> None:
         question = _question(event.get("text", ""), context.get("bot_user_id"))
         if not question:
             if core.admit(event.get("user")):
                 await client.chat_postMessage(
-                    channel=event["channel"], thread_ts=event.get("thread_ts") or event["ts"],
+                    channel=event["channel"],
+                    thread_ts=event.get("thread_ts") or event["ts"],
                     text="Ask me something after the mention.",
                 )
             return
         await respond(event, client, question)
 
     @app.event("message")
-    async def on_message(event: dict[str, Any], client: AsyncWebClient,
-                         context: dict[str, Any]) -> None:
+    async def on_message(
+        event: dict[str, Any], client: AsyncWebClient, context: dict[str, Any]
+    ) -> None:
         # Direct messages only: in channels the bot answers mentions (app_mention), and
         # edits, deletions and bot posts arrive as subtypes that are not questions.
         if event.get("channel_type") != "im" or event.get("subtype") or event.get("bot_id"):

@@ -24,8 +24,8 @@ from telegram.ext import (
     filters,
 )
 
-from homespun.stores.traces import parse_feedback
 from homespun.spec import Settings
+from homespun.stores.traces import parse_feedback
 
 from .common import ChannelCore, split_message
 
@@ -83,17 +83,20 @@ def build_telegram_app(settings: Settings, token: str, *, core: ChannelCore) -> 
             )
             return
         core.set_feedback(trace_id, score)
-        await message.reply_text(f"Thanks: feedback {score:g} recorded for my last answer "
-                                 f"(trace {trace_id[:8]}).")
+        await message.reply_text(
+            f"Thanks: feedback {score:g} recorded for my last answer (trace {trace_id[:8]})."
+        )
 
     async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
         user = update.effective_user
-        typing = asyncio.create_task(_keep_typing(context, message.chat_id,
-                                                  message.message_thread_id))
+        typing = asyncio.create_task(
+            _keep_typing(context, message.chat_id, message.message_thread_id)
+        )
         try:
-            reply = await core.answer(user.id if user else None, chat_key(update),
-                                      message.text or "")
+            reply = await core.answer(
+                user.id if user else None, chat_key(update), message.text or ""
+            )
         finally:
             typing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,8 +115,9 @@ def build_telegram_app(settings: Settings, token: str, *, core: ChannelCore) -> 
     app.add_handler(CommandHandler("help", on_start))
     app.add_handler(CommandHandler("feedback", on_feedback))
     # New messages only: an edited message would otherwise be answered a second time.
-    app.add_handler(MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND,
-                                   on_text))
+    app.add_handler(
+        MessageHandler(filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND, on_text)
+    )
     app.add_error_handler(on_error)
     return app
 
@@ -123,13 +127,15 @@ def _is_command(update: Update) -> bool:
     return bool(message and message.text and message.text.startswith("/"))
 
 
-async def _keep_typing(context: ContextTypes.DEFAULT_TYPE, chat_id: int,
-                       thread_id: int | None) -> None:
+async def _keep_typing(
+    context: ContextTypes.DEFAULT_TYPE, chat_id: int, thread_id: int | None
+) -> None:
     """Show 'typing…' while the assistant works (Telegram clears it after ~5 s)."""
     while True:
         try:
-            await context.bot.send_chat_action(chat_id, ChatAction.TYPING,
-                                               message_thread_id=thread_id)
+            await context.bot.send_chat_action(
+                chat_id, ChatAction.TYPING, message_thread_id=thread_id
+            )
         except Exception as exc:  # cosmetic: never let it break the answer
             logger.debug("send_chat_action failed: %s", exc)
             return

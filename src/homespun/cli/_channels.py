@@ -10,8 +10,9 @@ from rich.markup import escape
 
 from ._common import console, current_spec, err_console, fail, quiet_libraries, run_async, settings
 
-channel_app = typer.Typer(help="Chat channels: talk to the assistant from Telegram or Slack.",
-                          no_args_is_help=True)
+channel_app = typer.Typer(
+    help="Chat channels: talk to the assistant from Telegram or Slack.", no_args_is_help=True
+)
 
 
 def _secret(name: str, st: Any) -> str:
@@ -26,8 +27,9 @@ def _secret(name: str, st: Any) -> str:
 def _show_allowlist(source: str, users: list[Any], example: str) -> None:
     if users:
         listed = ", ".join(escape(str(u)) for u in users)
-        console.print(f"Allowed {source} users: [bold]{listed}[/] (everyone else is ignored "
-                      "and logged).")
+        console.print(
+            f"Allowed {source} users: [bold]{listed}[/] (everyone else is ignored and logged)."
+        )
         return
     err_console.print(
         f"[bold red]WARNING: channels.{source}.allowed_users is empty: NOBODY can talk to "
@@ -42,14 +44,17 @@ def _setup_logging(*secrets: str) -> None:
     from homespun.channels.secrets import redact_in_logs
 
     quiet_libraries()  # also keeps httpx from logging API URLs, which carry the bot token
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     redact_in_logs(*secrets)
 
 
 def _missing_extra(extra: str, exc: ImportError) -> None:
-    fail(f"the {extra} channel needs extra packages ({exc.name} is missing): "
-         f"pip install 'homespun[{extra}]'")
+    fail(
+        f"the {extra} channel needs extra packages ({exc.name} is missing): "
+        f"pip install 'homespun[{extra}]'"
+    )
 
 
 @channel_app.command("telegram")
@@ -68,8 +73,9 @@ def telegram() -> None:
     cfg = spec.channels.telegram
     token = _secret(cfg.token_env, st)
     _show_allowlist("telegram", cfg.allowed_users, "[123456789]")
-    console.print("The allowlist is re-read from the spec on every message. "
-                  "Polling Telegram; Ctrl-C stops.")
+    console.print(
+        "The allowlist is re-read from the spec on every message. Polling Telegram; Ctrl-C stops."
+    )
     _setup_logging(token)
     app = build_telegram_app(st, token, core=ChannelCore(st, source="telegram"))
     app.run_polling(allowed_updates=Update.ALL_TYPES)
@@ -92,8 +98,10 @@ def slack() -> None:
     bot_token = _secret(cfg.bot_token_env, st)
     app_token = _secret(cfg.app_token_env, st)
     _show_allowlist("slack", cfg.allowed_users, '["U012ABCDEF"]')
-    console.print("The allowlist is re-read from the spec on every message. "
-                  "Connecting to Slack (Socket Mode); Ctrl-C stops.")
+    console.print(
+        "The allowlist is re-read from the spec on every message. "
+        "Connecting to Slack (Socket Mode); Ctrl-C stops."
+    )
     _setup_logging(bot_token, app_token)
 
     async def serve() -> None:

@@ -15,8 +15,16 @@ from ._render import NOT_MEASURED
 
 # The packages whose versions explain most "works here, not there" reports.
 _PACKAGES = (
-    "homespun", "langgraph", "langchain-core", "langchain-mcp-adapters", "fastmcp", "mcp",
-    "pydantic", "xllamacpp", "nvidia-ml-py", "amdsmi",
+    "homespun",
+    "langgraph",
+    "langchain-core",
+    "langchain-mcp-adapters",
+    "fastmcp",
+    "mcp",
+    "pydantic",
+    "xllamacpp",
+    "nvidia-ml-py",
+    "amdsmi",
 )
 
 
@@ -45,24 +53,31 @@ def _install_rows(grid: Table) -> None:
     grid.add_row("platform", platform.platform())
     grid.add_row("packages", ", ".join(f"{p} {_version(p)}" for p in _PACKAGES))
     home = st.home.expanduser()
-    grid.add_row("HOMESPUN_HOME", Text.assemble(
-        escape(str(home)) + " ",
-        _ok(home.is_dir(), "(exists)", "(not created yet: run `homespun init`)"),
-    ))
+    grid.add_row(
+        "HOMESPUN_HOME",
+        Text.assemble(
+            escape(str(home)) + " ",
+            _ok(home.is_dir(), "(exists)", "(not created yet: run `homespun init`)"),
+        ),
+    )
     model_name, backend = DEFAULT_MODEL, "embedded"
     if not st.spec_path.exists():
-        grid.add_row("spec", Text(f"none at {st.spec_path}: run `homespun init`",
-                                  style="yellow"))
+        grid.add_row("spec", Text(f"none at {st.spec_path}: run `homespun init`", style="yellow"))
     else:
         try:
             spec = load_spec(st.spec_path)
         except SpecError as exc:
             grid.add_row("spec", Text(f"INVALID: {exc}", style="red"))
         else:
-            grid.add_row("spec", Text.assemble(
-                escape(str(st.spec_path)) + " ", Text("valid", style="green"),
-                f" (hash {spec.content_hash()}, {spec.engine.backend}: {spec.intelligence.model})",
-            ))
+            grid.add_row(
+                "spec",
+                Text.assemble(
+                    escape(str(st.spec_path)) + " ",
+                    Text("valid", style="green"),
+                    f" (hash {spec.content_hash()}, "
+                    f"{spec.engine.backend}: {spec.intelligence.model})",
+                ),
+            )
             model_name, backend = spec.intelligence.model, spec.engine.backend
     if backend != "embedded":
         grid.add_row("model", f"{model_name} is served by the {backend} backend")
@@ -72,8 +87,9 @@ def _install_rows(grid: Table) -> None:
     except ModelNotAvailable as exc:
         grid.add_row("model", Text(f"{model_name}: {exc}", style="yellow"))
     else:
-        grid.add_row("model", Text.assemble(f"{model_name} ",
-                                            Text("pulled", style="green"), f" ({path})"))
+        grid.add_row(
+            "model", Text.assemble(f"{model_name} ", Text("pulled", style="green"), f" ({path})")
+        )
 
 
 def doctor() -> None:
@@ -88,16 +104,22 @@ def doctor() -> None:
 
     hw = detect_hardware()
     grid.add_row("cpu", f"{hw.cpu_cores} cores")
-    grid.add_row("memory", f"{_gb(hw.memory_bytes)} total, "
-                           f"{_gb(hw.memory_available_bytes)} available")
+    grid.add_row(
+        "memory", f"{_gb(hw.memory_bytes)} total, {_gb(hw.memory_available_bytes)} available"
+    )
     if hw.gpus:
         for gpu in hw.gpus:
             grid.add_row("gpu", f"{gpu.vendor}: {gpu.name}, {_gb(gpu.memory_bytes)}")
     else:
         grid.add_row("gpu", "none found (NVML, AMD SMI)")
     if hw.energy_source is None:
-        grid.add_row("energy", Text(f"{NOT_MEASURED}: no NVIDIA, AMD or readable RAPL energy "
-                                    "counter on this machine", style="yellow"))
+        grid.add_row(
+            "energy",
+            Text(
+                f"{NOT_MEASURED}: no NVIDIA, AMD or readable RAPL energy counter on this machine",
+                style="yellow",
+            ),
+        )
     else:
         grid.add_row("energy", f"measured with the {hw.energy_source} counter")
     try:
@@ -120,7 +142,8 @@ def doctor() -> None:
     for f in hw.models:
         where = [w for w, ok in (("cpu", f.fits_cpu), ("gpu", f.fits_gpu)) if ok]
         notes = "third-party repackaging: opt-in" if f.model.third_party else ""
-        models.add_row(f.model.name, _gb(f.needs_bytes),
-                       _ok(f.fits, " + ".join(where) or "yes", "no"), notes)
+        models.add_row(
+            f.model.name, _gb(f.needs_bytes), _ok(f.fits, " + ".join(where) or "yes", "no"), notes
+        )
     console.print(models)
     console.print(f"[bold]recommendation:[/] {escape(hw.recommendation)}")

@@ -13,8 +13,9 @@ from rich.table import Table
 
 from ._common import console, current_spec, err_console, fail, run_async, settings
 
-learning_app = typer.Typer(help="Spec search: diagnose, propose, gate, commit, roll back.",
-                           no_args_is_help=True)
+learning_app = typer.Typer(
+    help="Spec search: diagnose, propose, gate, commit, roll back.", no_args_is_help=True
+)
 benchmark_app = typer.Typer(help="The benchmarks a search runs on.", no_args_is_help=True)
 learning_app.add_typer(benchmark_app, name="benchmark")
 bench_app = typer.Typer(help="Evaluate a spec on a benchmark.", no_args_is_help=True)
@@ -37,28 +38,39 @@ class EventPrinter:
         console.rule(f"session {session_id}")
         console.print(f"benchmark {benchmark} · proposer {proposer} · teacher {who}")
         if not teacher:
-            console.print("[dim]No teacher configured: diagnosis uses the rule-based "
-                          "diagnoser; proposals come from the "
-                          f"{'template-random' if proposer == 'random' else proposer} "
-                          "proposer.[/]")
+            console.print(
+                "[dim]No teacher configured: diagnosis uses the rule-based "
+                "diagnoser; proposals come from the "
+                f"{'template-random' if proposer == 'random' else proposer} "
+                "proposer.[/]"
+            )
 
     def on_phase(self, name: str, **data: Any):
         if name == "diagnose":
-            console.print(f"[bold]diagnose[/] on {data['search_tasks']} search tasks "
-                          f"(gate: {data['gate_tasks']} held-out tasks)")
+            console.print(
+                f"[bold]diagnose[/] on {data['search_tasks']} search tasks "
+                f"(gate: {data['gate_tasks']} held-out tasks)"
+            )
         elif name == "plan":
             console.print(f"[bold]plan[/] with the {data['proposer']} proposer")
         elif name == "execute":
             from homespun.spec.edits import describe_proposal
 
             p = data["proposal"]
-            console.print(f"[bold]execute[/] {p.id} → {p.target_cluster} [{data['tier']}]: "
-                          f"{escape(describe_proposal(p))}")
+            console.print(
+                f"[bold]execute[/] {p.id} → {p.target_cluster} [{data['tier']}]: "
+                f"{escape(describe_proposal(p))}"
+            )
 
     def on_evaluate_start(self, label: str, tasks: int):
-        self.progress = Progress(TextColumn("  {task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                                 transient=True)
+        self.progress = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
         self.progress.start()
         self.task_id = self.progress.add_task(label, total=tasks)
 
@@ -75,31 +87,47 @@ class EventPrinter:
 
     def on_diagnosis(self, diagnosis: Any):
         table = Table(title=f"failure clusters ({diagnosis.source})")
-        for col in ("cluster", "categories", "signature", "student fail", "teacher ok",
-                    "skill gap"):
+        for col in (
+            "cluster",
+            "categories",
+            "signature",
+            "student fail",
+            "teacher ok",
+            "skill gap",
+        ):
             table.add_column(col, overflow="fold")
         for c in diagnosis.clusters:
-            table.add_row(c.id, ", ".join(c.categories), c.signature,
-                          f"{c.student_failure_rate:.2f}",
-                          "—" if c.teacher_success_rate is None else f"{c.teacher_success_rate:.2f}",
-                          c.skill_gap)
+            table.add_row(
+                c.id,
+                ", ".join(c.categories),
+                c.signature,
+                f"{c.student_failure_rate:.2f}",
+                "—" if c.teacher_success_rate is None else f"{c.teacher_success_rate:.2f}",
+                c.skill_gap,
+            )
         console.print(table)
 
     def on_plan(self, proposals: list, tiers: list):
-        console.print(f"  {len(proposals)} proposal(s): " + ", ".join(
-            f"{p.id}→{p.target_cluster}[{t}]" for p, t in zip(proposals, tiers, strict=True)))
+        console.print(
+            f"  {len(proposals)} proposal(s): "
+            + ", ".join(
+                f"{p.id}→{p.target_cluster}[{t}]" for p, t in zip(proposals, tiers, strict=True)
+            )
+        )
 
     def on_gate(self, proposal: Any, decision: Any):
-        table = Table(title=f"gate for {proposal.id} (target {proposal.target_cluster}, "
-                            f"eps {decision.eps})")
+        table = Table(
+            title=f"gate for {proposal.id} (target {proposal.target_cluster}, eps {decision.eps})"
+        )
         for col in ("cluster", "G(S)", "G(S')", "Δ"):
             table.add_column(col, justify="right" if col != "cluster" else "left")
         for c in decision.before:
             b, a = decision.before[c], decision.after.get(c)
             delta = "" if b is None or a is None else f"{a - b:+.3f}"
             name = f"[bold]{c}[/]" if c == proposal.target_cluster else c
-            table.add_row(name, "—" if b is None else f"{b:.3f}", "—" if a is None else f"{a:.3f}",
-                          delta)
+            table.add_row(
+                name, "—" if b is None else f"{b:.3f}", "—" if a is None else f"{a:.3f}", delta
+            )
         console.print(table)
         verdict = "[green]ACCEPT[/]" if decision.accepted else "[red]REJECT[/]"
         console.print(f"  {verdict}: {escape(decision.reason)}")
@@ -124,23 +152,33 @@ class EventPrinter:
 
 def _report(result: Any) -> None:
     if result.paused_proposal:
-        console.print(f"[yellow]paused:[/] proposal {result.paused_proposal} needs review. "
-                      f"Approve with `homespun learning approve {result.paused_proposal}` (it "
-                      f"still has to pass the gate) or `homespun learning reject "
-                      f"{result.paused_proposal} --reason ...`.")
+        console.print(
+            f"[yellow]paused:[/] proposal {result.paused_proposal} needs review. "
+            f"Approve with `homespun learning approve {result.paused_proposal}` (it "
+            f"still has to pass the gate) or `homespun learning reject "
+            f"{result.paused_proposal} --reason ...`."
+        )
     elif result.stopped_because:
         console.print(f"[dim]stopped: {result.stopped_because}[/]")
 
 
 def _errors():
-    from homespun.learning.benchmarks.personal import NoPersonalBenchmark, PersonalBenchmarkError
-    from homespun.stores.checkpoints import CheckpointError, DirtySpec
-    from homespun.graphs.search_loop import SearchSetupError
     from homespun.engines.cost import BudgetExceeded
     from homespun.engines.providers import TeacherConfigError
+    from homespun.graphs.search_loop import SearchSetupError
+    from homespun.learning.benchmarks.personal import NoPersonalBenchmark, PersonalBenchmarkError
+    from homespun.stores.checkpoints import CheckpointError, DirtySpec
 
-    return (DirtySpec, CheckpointError, SearchSetupError, BudgetExceeded, KeyError,
-            PersonalBenchmarkError, NoPersonalBenchmark, TeacherConfigError)
+    return (
+        DirtySpec,
+        CheckpointError,
+        SearchSetupError,
+        BudgetExceeded,
+        KeyError,
+        PersonalBenchmarkError,
+        NoPersonalBenchmark,
+        TeacherConfigError,
+    )
 
 
 @learning_app.command("init")
@@ -156,15 +194,18 @@ def learning_init():
 
 @learning_app.command("run")
 def learning_run(
-    benchmark: Annotated[str, typer.Option(help="starter | personal | agentdojo:SUITE")]
-    = "starter",
-    proposer: Annotated[str | None, typer.Option(help="llm | random | evolutionary "
-                                                 "(default: learning.proposer)")] = None,
+    benchmark: Annotated[
+        str, typer.Option(help="starter | personal | agentdojo:SUITE")
+    ] = "starter",
+    proposer: Annotated[
+        str | None, typer.Option(help="llm | random | evolutionary (default: learning.proposer)")
+    ] = None,
     sessions: Annotated[int, typer.Option(min=1, help="Sessions to run at most.")] = 1,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted session first.")] = False,
     concurrency: Annotated[int, typer.Option(min=1, help="Task runs in parallel.")] = 1,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N tasks of each "
-                                              "category (quick runs).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N tasks of each category (quick runs).")
+    ] = None,
 ):
     """Run spec-search sessions (paper Algorithm 1)."""
     from homespun.graphs.search_loop import get_benchmark, run_search
@@ -173,9 +214,18 @@ def learning_run(
     current_spec(st)
     tasks = _limited(get_benchmark(benchmark, st).tasks(), limit) if limit else None
     try:
-        result = run_async(run_search(st, benchmark=benchmark, proposer=proposer,
-                                      sessions=sessions, resume=resume, on_event=EventPrinter(),
-                                      concurrency=concurrency, tasks=tasks))
+        result = run_async(
+            run_search(
+                st,
+                benchmark=benchmark,
+                proposer=proposer,
+                sessions=sessions,
+                resume=resume,
+                on_event=EventPrinter(),
+                concurrency=concurrency,
+                tasks=tasks,
+            )
+        )
     except _errors() as exc:
         fail(str(exc.args[0]) if exc.args else str(exc))
     _report(result)
@@ -207,11 +257,17 @@ def learning_history(limit: Annotated[int, typer.Option()] = 20):
     for s in store.sessions(limit):
         accepted = len(store.proposals(s.id, status="accepted"))
         total = len(store.proposals(s.id))
-        table.add_row(s.id, dt.datetime.fromtimestamp(s.started_at).strftime("%m-%d %H:%M"),
-                      s.status, s.benchmark, s.proposer,
-                      "—" if s.gate_score_before is None else f"{s.gate_score_before:.3f}",
-                      "—" if s.gate_score_after is None else f"{s.gate_score_after:.3f}",
-                      f"{accepted}/{total}", f"{s.cost_usd:.4f}")
+        table.add_row(
+            s.id,
+            dt.datetime.fromtimestamp(s.started_at).strftime("%m-%d %H:%M"),
+            s.status,
+            s.benchmark,
+            s.proposer,
+            "—" if s.gate_score_before is None else f"{s.gate_score_before:.3f}",
+            "—" if s.gate_score_after is None else f"{s.gate_score_after:.3f}",
+            f"{accepted}/{total}",
+            f"{s.cost_usd:.4f}",
+        )
     console.print(table)
 
 
@@ -226,8 +282,10 @@ def learning_show(session_id: str):
         s = store.session(session_id)
     except KeyError as exc:
         fail(str(exc.args[0]))
-    console.print(f"[bold]session {s.id}[/] · {s.status} · {s.benchmark} · proposer "
-                  f"{s.proposer} · teacher {s.teacher or 'none'} · cost ${s.cost_usd:.4f}")
+    console.print(
+        f"[bold]session {s.id}[/] · {s.status} · {s.benchmark} · proposer "
+        f"{s.proposer} · teacher {s.teacher or 'none'} · cost ${s.cost_usd:.4f}"
+    )
     if s.note:
         console.print(f"note: {s.note}")
     folder = st.sessions_dir / s.id
@@ -235,14 +293,21 @@ def learning_show(session_id: str):
         if (folder / name).exists():
             console.print(f"{name}: {folder / name}")
     for p in store.proposals(s.id):
-        console.print(f"\n[bold]{p['id']}[/] → {p['target']} [{p['tier']}] {p['status']}: "
-                      f"{escape(p['reason'] or '')}")
+        console.print(
+            f"\n[bold]{p['id']}[/] → {p['target']} [{p['tier']}] {p['status']}: "
+            f"{escape(p['reason'] or '')}"
+        )
         console.print(f"  ops: {escape(p['ops'])}")
         scores = store.cluster_scores(p["id"])
         if scores:
-            console.print("  " + ", ".join(
-                f"{r['cluster']} {r['before'] if r['before'] is not None else '—'}→"
-                f"{r['after'] if r['after'] is not None else '—'}" for r in scores))
+            console.print(
+                "  "
+                + ", ".join(
+                    f"{r['cluster']} {r['before'] if r['before'] is not None else '—'}→"
+                    f"{r['after'] if r['after'] is not None else '—'}"
+                    for r in scores
+                )
+            )
         if p["commit_sha"]:
             console.print(f"  commit {p['commit_sha'][:10]}")
 
@@ -258,11 +323,15 @@ def learning_review():
         console.print("Nothing waits for review.")
         return
     for p in pending:
-        console.print(f"[bold]{p['id']}[/] (session {p['session_id']}) → {p['target']} "
-                      f"[{p['tier']}]\n  ops: {escape(p['ops'])}\n  why: "
-                      f"{escape(p['rationale'] or '')}")
-    console.print("Approve with `homespun learning approve ID` (still gated) or reject with "
-                  "`homespun learning reject ID --reason ...`.")
+        console.print(
+            f"[bold]{p['id']}[/] (session {p['session_id']}) → {p['target']} "
+            f"[{p['tier']}]\n  ops: {escape(p['ops'])}\n  why: "
+            f"{escape(p['rationale'] or '')}"
+        )
+    console.print(
+        "Approve with `homespun learning approve ID` (still gated) or reject with "
+        "`homespun learning reject ID --reason ...`."
+    )
 
 
 def _decide(proposal_id: str, approve: bool, reason: str) -> None:
@@ -270,8 +339,9 @@ def _decide(proposal_id: str, approve: bool, reason: str) -> None:
 
     st = settings()
     try:
-        result = run_async(decide_review(st, proposal_id, approve=approve, reason=reason,
-                                         on_event=EventPrinter()))
+        result = run_async(
+            decide_review(st, proposal_id, approve=approve, reason=reason, on_event=EventPrinter())
+        )
     except _errors() as exc:
         fail(str(exc.args[0]) if exc.args else str(exc))
     _report(result)
@@ -284,8 +354,9 @@ def learning_approve(proposal_id: str):
 
 
 @learning_app.command("reject")
-def learning_reject(proposal_id: str,
-                    reason: Annotated[str, typer.Option(help="Why (kept in history).")]):
+def learning_reject(
+    proposal_id: str, reason: Annotated[str, typer.Option(help="Why (kept in history).")]
+):
     """Reject a paused proposal; nothing changes on disk."""
     _decide(proposal_id, False, reason)
 
@@ -314,37 +385,49 @@ def benchmark_refresh(
     max_tasks: Annotated[int, typer.Option(help="Newest distinct queries to keep.")] = 200,
 ):
     """Mine high-feedback traces into a new personal_vN.json, gold answers from the teacher."""
-    from homespun.learning.benchmarks.personal import readiness, refresh_personal_benchmark
-    from homespun.stores.learning import LearningStore
     from homespun.engines.cost import CostMeter
     from homespun.engines.providers import build_teacher
+    from homespun.learning.benchmarks.personal import readiness, refresh_personal_benchmark
+    from homespun.stores.learning import LearningStore
 
     st = settings()
     spec = current_spec(st)
     ready = readiness(st, spec.learning.privacy.min_feedback)
     console.print(ready.message)
     if not spec.learning.teacher:
-        fail("the personal benchmark's gold answers come from the teacher: set "
-             "learning.teacher (e.g. 'anthropic:claude-opus-4-6' or a local "
-             "'ollama:MODEL')")
+        fail(
+            "the personal benchmark's gold answers come from the teacher: set "
+            "learning.teacher (e.g. 'anthropic:claude-opus-4-6' or a local "
+            "'ollama:MODEL')"
+        )
     store = LearningStore(st.learning_db)
     try:
         teacher = build_teacher(spec.learning.teacher)
         meter = CostMeter.from_spec(spec.learning, spent_before_usd=store.total_cost())
-        path = run_async(refresh_personal_benchmark(
-            st, teacher=teacher, meter=meter, min_feedback=spec.learning.privacy.min_feedback,
-            max_tasks=max_tasks, scrub=spec.learning.privacy.scrub_pii))
+        path = run_async(
+            refresh_personal_benchmark(
+                st,
+                teacher=teacher,
+                meter=meter,
+                min_feedback=spec.learning.privacy.min_feedback,
+                max_tasks=max_tasks,
+                scrub=spec.learning.privacy.scrub_pii,
+            )
+        )
     except _errors() as exc:
         fail(str(exc.args[0]) if exc.args else str(exc))
     console.print(f"wrote {path} (teacher cost ${meter.spent_usd:.4f})")
 
 
 @benchmark_app.command("show")
-def benchmark_show(name: Annotated[str, typer.Argument(
-        help="starter | personal | personal_vN | agentdojo:SUITE")] = "starter"):
+def benchmark_show(
+    name: Annotated[
+        str, typer.Argument(help="starter | personal | personal_vN | agentdojo:SUITE")
+    ] = "starter",
+):
     """The tasks of a benchmark and how they split into search and held-out gate sets."""
-    from homespun.learning.gate import split_tasks
     from homespun.graphs.search_loop import SearchSetupError, get_benchmark
+    from homespun.learning.gate import split_tasks
 
     st = settings()
     spec = current_spec(st) if st.spec_path.exists() else None
@@ -356,8 +439,10 @@ def benchmark_show(name: Annotated[str, typer.Argument(
         fail(str(exc))
     search, held = split_tasks(tasks, seed=seed, benchmark=bench.name)
     held_ids = {t.id for t in held}
-    table = Table(title=f"{bench.name} ({bench.version}): {len(tasks)} tasks, "
-                        f"{len(search)} search / {len(held)} held-out")
+    table = Table(
+        title=f"{bench.name} ({bench.version}): {len(tasks)} tasks, "
+        f"{len(search)} search / {len(held)} held-out"
+    )
     for col in ("task", "category", "set", "query"):
         table.add_column(col, overflow="fold")
     for t in tasks:
@@ -367,8 +452,9 @@ def benchmark_show(name: Annotated[str, typer.Argument(
 
 @bench_app.command("run")
 def bench_run(
-    spec_file: Annotated[Path | None, typer.Argument(help="Spec (default: the current one).")]
-    = None,
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="Spec (default: the current one).")
+    ] = None,
     benchmark: Annotated[str, typer.Option(help="starter | agentdojo:SUITE")] = "starter",
     limit: Annotated[int | None, typer.Option(help="First N tasks per category.")] = None,
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
@@ -381,10 +467,10 @@ def bench_run(
         new_energy_meter,
         per_query,
     )
-    from homespun.learning.evaluation import evaluate
-    from homespun.stores.eval_cache import EvalCache
     from homespun.graphs.search_loop import SearchSetupError, get_benchmark
+    from homespun.learning.evaluation import evaluate
     from homespun.spec import SpecError, load_spec
+    from homespun.stores.eval_cache import EvalCache
 
     from ._render import fmt_cost, fmt_energy
 
@@ -405,22 +491,39 @@ def bench_run(
     printer.on_evaluate_start(f"{bench.name} · spec {spec.content_hash()}", len(tasks) * repeats)
     if batch:
         batch.start()
-    result = run_async(evaluate(spec, st, bench, tasks, repeats=repeats, concurrency=concurrency,
-                                cache=EvalCache(st.learning_db),
-                                on_outcome=lambda o: printer.on_task_done("", o)))
+    result = run_async(
+        evaluate(
+            spec,
+            st,
+            bench,
+            tasks,
+            repeats=repeats,
+            concurrency=concurrency,
+            cache=EvalCache(st.learning_db),
+            on_outcome=lambda o: printer.on_task_done("", o),
+        )
+    )
     batch_j = batch.stop() if batch else None
     printer.progress.stop() if printer.progress else None
 
     def row(outcomes, batch_energy_j=None) -> list[str]:
         joules, dollars = per_query(
-            energy_j=[o.energy_j for o in outcomes], cost_usd=[o.cost_usd for o in outcomes],
-            fresh=[not o.cached for o in outcomes], batch_energy_j=batch_energy_j,
-            local=local, usd_per_kwh=usd_per_kwh,
+            energy_j=[o.energy_j for o in outcomes],
+            cost_usd=[o.cost_usd for o in outcomes],
+            fresh=[not o.cached for o in outcomes],
+            batch_energy_j=batch_energy_j,
+            local=local,
+            usd_per_kwh=usd_per_kwh,
         )
         n = max(len(outcomes), 1)
         acc = sum(o.score for o in outcomes) / n
-        return [f"{acc:.3f}", str(len(outcomes)), f"{sum(o.latency_s for o in outcomes) / n:.2f}",
-                fmt_energy(joules), fmt_cost(dollars)]
+        return [
+            f"{acc:.3f}",
+            str(len(outcomes)),
+            f"{sum(o.latency_s for o in outcomes) / n:.2f}",
+            fmt_energy(joules),
+            fmt_cost(dollars),
+        ]
 
     table = Table(title=f"{bench.name}: spec {result.spec_hash}")
     for col in ("category", "accuracy", "tasks", "s/query", "J/query", "$/query"):
@@ -441,8 +544,11 @@ def bench_run(
         energy_note = "energy: not measured (no NVIDIA, AMD or RAPL energy counter readable)"
     else:
         energy_note = f"energy: {source} counter, ${usd_per_kwh:g}/kWh"
-    console.print(f"tokens/query {tokens / n:.0f} · new runs {result.runs} (the rest cached) · "
-                  f"{energy_note}")
+    console.print(
+        f"tokens/query {tokens / n:.0f} · new runs {result.runs} (the rest cached) · {energy_note}"
+    )
     if source is not None and concurrency > 1:
-        console.print(f"[dim]With --concurrency {concurrency} runs overlap on the counter: "
-                      "energy is measured for the whole batch (the 'all' row) only.[/]")
+        console.print(
+            f"[dim]With --concurrency {concurrency} runs overlap on the counter: "
+            "energy is measured for the whole batch (the 'all' row) only.[/]"
+        )

@@ -18,7 +18,7 @@ mcp_app = typer.Typer(
 )
 
 
-class Client(str, enum.Enum):
+class Client(enum.StrEnum):
     claude_desktop = "claude-desktop"
     cursor = "cursor"
     vscode = "vscode"
@@ -46,8 +46,10 @@ def parse_host_port(value: str) -> tuple[str, int]:
     elif ":" not in value:
         host, port_text = value, str(DEFAULT_HTTP_PORT)
     else:
-        raise ValueError(f"--http {value!r}: write HOST:PORT, e.g. 127.0.0.1:8765 "
-                         "(bracket IPv6 hosts: [::1]:8765)")
+        raise ValueError(
+            f"--http {value!r}: write HOST:PORT, e.g. 127.0.0.1:8765 "
+            "(bracket IPv6 hosts: [::1]:8765)"
+        )
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"--http {value!r}: the port must be a number from 1 to 65535")
     return host or "127.0.0.1", int(port_text)
@@ -55,14 +57,23 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
 @mcp_app.command()
 def serve(
-    http: Annotated[str | None, typer.Option(
-        "--http", metavar="HOST:PORT",
-        help="Serve streamable HTTP here (bearer token required) instead of stdio.")] = None,
-    allow_remote: Annotated[bool, typer.Option(
-        "--allow-remote", help="Allow a non-loopback HOST (plain HTTP: put TLS in front).")
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Serve streamable HTTP here (bearer token required) instead of stdio.",
+        ),
+    ] = None,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote", help="Allow a non-loopback HOST (plain HTTP: put TLS in front)."
+        ),
     ] = False,
-    show_token: Annotated[bool, typer.Option(
-        "--show-token", help="Also print the bearer token (HTTP only).")] = False,
+    show_token: Annotated[
+        bool, typer.Option("--show-token", help="Also print the bearer token (HTTP only).")
+    ] = False,
 ):
     """Serve the assistant as an MCP server: tools ask, search_memory, give_feedback.
 
@@ -89,14 +100,19 @@ def serve(
     def announce(endpoint: HttpEndpoint) -> None:
         say = partial(err_console.print, highlight=False, soft_wrap=True)
         say(f"homespun MCP server at [bold]{endpoint.url}[/]")
-        say(f"Clients must send 'Authorization: Bearer <token>'; the token is in "
-            f"{endpoint.token_path} (mode 0600).", markup=False)
+        say(
+            f"Clients must send 'Authorization: Bearer <token>'; the token is in "
+            f"{endpoint.token_path} (mode 0600).",
+            markup=False,
+        )
         if show_token:
             token = endpoint.token_path.read_text(encoding="utf-8").strip()
             say(f"token: {token}", markup=False)
         if allow_remote:
-            err_console.print("[yellow]note:[/] listening beyond this machine over plain HTTP; "
-                              "the token travels unencrypted unless a TLS proxy is in front.")
+            err_console.print(
+                "[yellow]note:[/] listening beyond this machine over plain HTTP; "
+                "the token travels unencrypted unless a TLS proxy is in front."
+            )
         err_console.print("[dim]Ctrl-C stops it.[/]")
 
     try:
@@ -108,10 +124,13 @@ def serve(
 @mcp_app.command()
 def install(
     client: Annotated[Client, typer.Argument(help="The MCP client to configure.")],
-    config: Annotated[Path | None, typer.Option(
-        "--config", help="The client's config file (default: its usual place).")] = None,
-    print_only: Annotated[bool, typer.Option(
-        "--print", help="Print the resulting config; write nothing.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="The client's config file (default: its usual place)."),
+    ] = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the resulting config; write nothing.")
+    ] = False,
 ):
     """Add homespun to an MCP client's config (merged: other servers are kept; a .bak of the
     previous file is left next to it)."""
@@ -130,20 +149,30 @@ def install(
     if st.models_dir is not None:
         extra_env["HOMESPUN_MODELS_DIR"] = str(st.models_dir.expanduser().absolute())
     try:
-        path, document = install_entry(client.value, config_path=config, print_only=print_only,
-                                       home=st.home, extra_env=extra_env)
+        path, document = install_entry(
+            client.value,
+            config_path=config,
+            print_only=print_only,
+            home=st.home,
+            extra_env=extra_env,
+        )
     except (ClientConfigError, OSError) as exc:
         fail(str(exc))
     if print_only:
         typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
-        err_console.print(f"[dim]would be written to {path}; nothing was written[/]",
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[dim]would be written to {path}; nothing was written[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     say = partial(console.print, highlight=False, soft_wrap=True)
     say(f"Added the 'homespun' MCP server to [bold]{path}[/]")
     if had_file:
         say(f"[dim]previous file kept as {path.name}.bak[/]")
     if not st.spec_path.exists():
-        err_console.print(f"[yellow]note:[/] no spec at {st.spec_path} yet; run "
-                          "`homespun init` before the client starts the server.")
+        err_console.print(
+            f"[yellow]note:[/] no spec at {st.spec_path} yet; run "
+            "`homespun init` before the client starts the server."
+        )
     console.print(_RESTART_HINT[client.value])

@@ -42,8 +42,9 @@ def run_quickstart(search: bool = True) -> None:
                 path = pull_model(spec.intelligence.model, st.models_path)
             except Exception as exc:  # network, hash mismatch: say it and stop
                 fail(f"could not pull {spec.intelligence.model}: {exc}")
-        console.print(f"Engine: embedded llama.cpp on loopback, "
-                      f"tool calls as {spec.engine.tool_call_format}")
+        console.print(
+            f"Engine: embedded llama.cpp on loopback, tool calls as {spec.engine.tool_call_format}"
+        )
 
     # 3. Questions that need MCP tools, in one event loop: the engine's HTTP client is
     # bound to the loop it was first used on.
@@ -64,26 +65,32 @@ def run_quickstart(search: bool = True) -> None:
     console.print(Rule("summary"))
     mcp_calls = sum(len(t.tool_calls) for t in traces)
     ok = sum(t.status == "ok" for t in traces)
-    console.print(f"{ok}/{len(traces)} runs finished, {mcp_calls} tool call(s) went through "
-                  f"MCP, in {time.perf_counter() - started:.1f} s.")
+    console.print(
+        f"{ok}/{len(traces)} runs finished, {mcp_calls} tool call(s) went through "
+        f"MCP, in {time.perf_counter() - started:.1f} s."
+    )
     if spec.intelligence.model == "smollm2-135m":
-        console.print("[dim]The default model is tiny (135M parameters): it calls tools "
-                      "reliably under constrained decoding but often gets facts wrong. That "
-                      "is the gap spec search is for.[/]")
+        console.print(
+            "[dim]The default model is tiny (135M parameters): it calls tools "
+            "reliably under constrained decoding but often gets facts wrong. That "
+            "is the gap spec search is for.[/]"
+        )
     if search:
         _search_demo(st, spec)
-    console.print("Next: [bold]homespun chat[/] · [bold]homespun traces list[/] · "
-                  "[bold]homespun learning run[/] · [bold]homespun spec show[/]")
+    console.print(
+        "Next: [bold]homespun chat[/] · [bold]homespun traces list[/] · "
+        "[bold]homespun learning run[/] · [bold]homespun spec show[/]"
+    )
 
 
 def _search_demo(st, spec) -> None:
     """A short spec-search session on the starter benchmark, on a scratch copy of the spec
     (the quickstart never edits your own spec)."""
-    from homespun.learning.benchmarks.starter import StarterBenchmark
-    from homespun.stores.checkpoints import CheckpointRepo
     from homespun.graphs.search_loop import run_search
+    from homespun.learning.benchmarks.starter import StarterBenchmark
     from homespun.spec import Settings, save_spec
     from homespun.spec.models import OP_NAMES
+    from homespun.stores.checkpoints import CheckpointRepo
 
     from ._learning import EventPrinter, _limited
 
@@ -103,14 +110,24 @@ def _search_demo(st, spec) -> None:
     console.print(
         f"On a scratch copy of your spec in {demo.home}: every edit tier set to auto, "
         "2 proposals, 4 starter tasks per category split into search and held-out gate sets. "
-        + ("Teacher: " + teacher if teacher else
-           "No teacher is configured, so this uses the rule-based diagnoser and the "
-           "template-random proposer.")
+        + (
+            "Teacher: " + teacher
+            if teacher
+            else "No teacher is configured, so this uses the rule-based diagnoser and the "
+            "template-random proposer."
+        )
     )
     tasks = _limited(StarterBenchmark().tasks(), 4)
-    result = run_async(run_search(demo, benchmark="starter",
-                                  proposer=spec.learning.proposer if teacher else "random",
-                                  sessions=1, tasks=tasks, on_event=EventPrinter()))
+    result = run_async(
+        run_search(
+            demo,
+            benchmark="starter",
+            proposer=spec.learning.proposer if teacher else "random",
+            sessions=1,
+            tasks=tasks,
+            on_event=EventPrinter(),
+        )
+    )
     from homespun.stores.learning import LearningStore
 
     store = LearningStore(demo.learning_db)
@@ -118,10 +135,14 @@ def _search_demo(st, spec) -> None:
     accepted = store.proposals(session.id, status="accepted")
     before, after = session.gate_score_before, session.gate_score_after
     if accepted:
-        console.print(f"[green]{len(accepted)} edit(s) accepted[/]: held-out accuracy "
-                      f"{before:.3f} → {after:.3f}; see `HOMESPUN_HOME={demo.home} homespun "
-                      f"learning show {session.id}`.")
+        console.print(
+            f"[green]{len(accepted)} edit(s) accepted[/]: held-out accuracy "
+            f"{before:.3f} → {after:.3f}; see `HOMESPUN_HOME={demo.home} homespun "
+            f"learning show {session.id}`."
+        )
     else:
-        console.print(f"This session found no edit that passed the gate (held-out accuracy "
-                      f"stays {before if before is not None else 0:.3f}); rejected edits left "
-                      "nothing on disk. Later sessions try other edits.")
+        console.print(
+            f"This session found no edit that passed the gate (held-out accuracy "
+            f"stays {before if before is not None else 0:.3f}); rejected edits left "
+            "nothing on disk. Later sessions try other edits."
+        )

@@ -45,8 +45,10 @@ def fmt_rate(tokens_per_s: float | None) -> str:
 
 
 def telemetry_line(t: Trace) -> str:
-    return (f"energy: {fmt_energy(t.energy_j, t.energy_source)} · cost: {fmt_cost(t.cost_usd)}"
-            f" · speed: {fmt_rate(t.tokens_per_s)}")
+    return (
+        f"energy: {fmt_energy(t.energy_j, t.energy_source)} · cost: {fmt_cost(t.cost_usd)}"
+        f" · speed: {fmt_rate(t.tokens_per_s)}"
+    )
 
 
 def traces_table(traces: list[Trace]) -> Table:
@@ -86,8 +88,11 @@ def trace_view(t: Trace) -> list:
         ("spec", f"{t.spec_hash}  ({t.loop} loop, {t.backend}: {t.model})"),
         ("thread", t.thread_id),
         ("latency", f"{t.latency_s:.2f} s" if t.latency_s is not None else "—"),
-        ("tokens", f"{t.prompt_tokens} prompt + {t.completion_tokens} completion "
-                   f"in {t.model_calls} model call(s)"),
+        (
+            "tokens",
+            f"{t.prompt_tokens} prompt + {t.completion_tokens} completion "
+            f"in {t.model_calls} model call(s)",
+        ),
         ("telemetry", telemetry_line(t)),
         ("feedback", "—" if t.feedback is None else f"{t.feedback:g}"),
     ]
@@ -102,9 +107,14 @@ def trace_view(t: Trace) -> list:
             calls.add_column(col, overflow="fold")
         for i, c in enumerate(t.tool_calls, 1):
             outcome = Text(_clip(c.error, 60), style="red") if c.error else _clip(c.result, 60)
-            calls.add_row(str(i), c.server or "", c.name,
-                          json.dumps(c.arguments, ensure_ascii=False), outcome,
-                          f"{c.latency_s:.3f}" if c.latency_s is not None else "")
+            calls.add_row(
+                str(i),
+                c.server or "",
+                c.name,
+                json.dumps(c.arguments, ensure_ascii=False),
+                outcome,
+                f"{c.latency_s:.3f}" if c.latency_s is not None else "",
+            )
         out.append(calls)
     else:
         out.append(Text("No tool calls.", style="dim"))

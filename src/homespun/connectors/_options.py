@@ -30,8 +30,9 @@ class OptionReader:
         self.allowed = tuple(allowed)
         for key in self.options:
             if key not in self.allowed:
-                raise self.error(key, f"unknown option; this connector takes: "
-                                      f"{', '.join(self.allowed)}")
+                raise self.error(
+                    key, f"unknown option; this connector takes: {', '.join(self.allowed)}"
+                )
 
     def error(self, key: str, reason: str) -> ConnectorConfigError:
         return ConnectorConfigError(f"{self.where}.{key}: {reason}")
@@ -64,8 +65,14 @@ class OptionReader:
     def path(self, key: str, default: Any = _MISSING) -> Path:
         return Path(self.string(key, default)).expanduser()
 
-    def integer(self, key: str, default: Any = _MISSING, *, minimum: int | None = None,
-                maximum: int | None = None) -> int:
+    def integer(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
         value = self._raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"must be a whole number, got {_kind(value)}")

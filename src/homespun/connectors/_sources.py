@@ -40,8 +40,11 @@ def source_label(source: str) -> str:
 
 def _http_url(source: str) -> str:
     # webcal:// is how calendar apps spell a subscription; it is served over https
-    return "https://" + source[len("webcal://"):] if source.lower().startswith("webcal://") \
+    return (
+        "https://" + source[len("webcal://") :]
+        if source.lower().startswith("webcal://")
         else source
+    )
 
 
 @dataclass(slots=True)
@@ -93,8 +96,12 @@ class SourceReader:
         url = _http_url(source)
         label = source_label(source)
         try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=True, max_redirects=5,
-                              headers={"User-Agent": USER_AGENT}) as client:
+            with httpx.Client(
+                timeout=self.timeout,
+                follow_redirects=True,
+                max_redirects=5,
+                headers={"User-Agent": USER_AGENT},
+            ) as client:
                 with client.stream("GET", url) as response:
                     if response.status_code >= 400:
                         raise SourceError(f"{label}: HTTP {response.status_code}")

@@ -47,8 +47,15 @@ MAX_SEARCH_HITS = 20
 FETCH_TIMEOUT_S = 15.0
 _WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset("a an and at for from in is my of on the to with".split())
-_FREQ_WORDS = {"DAILY": "daily", "WEEKLY": "weekly", "MONTHLY": "monthly", "YEARLY": "yearly",
-               "HOURLY": "hourly", "MINUTELY": "every minute", "SECONDLY": "every second"}
+_FREQ_WORDS = {
+    "DAILY": "daily",
+    "WEEKLY": "weekly",
+    "MONTHLY": "monthly",
+    "YEARLY": "yearly",
+    "HOURLY": "hourly",
+    "MINUTELY": "every minute",
+    "SECONDLY": "every second",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +79,18 @@ def _as_datetime(value: date | datetime, tz: tzinfo) -> datetime:
 
 def _when(start: date | datetime, end: date | datetime | None, tz: tzinfo) -> str:
     if not isinstance(start, datetime):
-        last = end - timedelta(days=1) if isinstance(end, date) and not isinstance(
-            end, datetime) and end > start + timedelta(days=1) else None
-        return (f"{start.isoformat()} – {last.isoformat()} (all day)" if last
-                else f"{start.isoformat()} (all day)")
+        last = (
+            end - timedelta(days=1)
+            if isinstance(end, date)
+            and not isinstance(end, datetime)
+            and end > start + timedelta(days=1)
+            else None
+        )
+        return (
+            f"{start.isoformat()} – {last.isoformat()} (all day)"
+            if last
+            else f"{start.isoformat()} (all day)"
+        )
     shown = start.astimezone(tz) if start.tzinfo else start
     text = shown.strftime("%Y-%m-%d %H:%M")
     if isinstance(end, datetime):
@@ -117,8 +132,12 @@ def _describe(component: Any, tz: tzinfo, calendar_name: str | None) -> _Event:
 def _parse_start(text: str, tz: tzinfo) -> date:
     value = text.strip().lower()
     today = datetime.now(tz).date()
-    named = {"": today, "today": today, "tomorrow": today + timedelta(days=1),
-             "yesterday": today - timedelta(days=1)}
+    named = {
+        "": today,
+        "today": today,
+        "tomorrow": today + timedelta(days=1),
+        "yesterday": today - timedelta(days=1),
+    }
     if value in named:
         return named[value]
     try:
@@ -142,8 +161,9 @@ def create_calendar_server(
         import icalendar
         import recurring_ical_events
     except ImportError as exc:
-        raise RuntimeError(f"the calendar connector needs {exc.name}: "
-                           "pip install 'homespun[connectors]'") from exc
+        raise RuntimeError(
+            f"the calendar connector needs {exc.name}: pip install 'homespun[connectors]'"
+        ) from exc
 
     opts = OptionReader(options, where=where, allowed=("sources", "timezone", "cache_seconds"))
     sources = [_Source(spec=s, label=source_label(s)) for s in opts.strings("sources")]
@@ -151,10 +171,14 @@ def create_calendar_server(
     try:
         tz: tzinfo = zoneinfo.ZoneInfo(tz_name) if tz_name else datetime.now().astimezone().tzinfo
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise opts.error("timezone", f"unknown time zone {tz_name!r}; use an IANA name such "
-                                     "as 'Europe/Paris'") from None
-    reader = SourceReader(max_bytes=MAX_SOURCE_BYTES, timeout=FETCH_TIMEOUT_S,
-                          cache_seconds=opts.integer("cache_seconds", 300, minimum=0))
+        raise opts.error(
+            "timezone", f"unknown time zone {tz_name!r}; use an IANA name such as 'Europe/Paris'"
+        ) from None
+    reader = SourceReader(
+        max_bytes=MAX_SOURCE_BYTES,
+        timeout=FETCH_TIMEOUT_S,
+        cache_seconds=opts.integer("cache_seconds", 300, minimum=0),
+    )
 
     def load() -> list[tuple[_Source, Any, str | None]]:
         calendars = []
@@ -166,8 +190,10 @@ def create_calendar_server(
             try:
                 calendar = icalendar.Calendar.from_ical(data)
             except Exception as exc:  # icalendar raises ValueError, KeyError, ... on bad input
-                raise ToolError(f"Calendar {source.label} is not a valid .ics file: "
-                                f"{type(exc).__name__}: {clip(str(exc), 200)}") from None
+                raise ToolError(
+                    f"Calendar {source.label} is not a valid .ics file: "
+                    f"{type(exc).__name__}: {clip(str(exc), 200)}"
+                ) from None
             name = one_line(str(calendar.get("X-WR-CALNAME", ""))) or None
             calendars.append((source, calendar, name))
         return calendars
@@ -184,8 +210,9 @@ def create_calendar_server(
     read_only = {"readOnlyHint": True, "openWorldHint": True}
 
     def list_events(
-        start: Annotated[str, Field(description="First day, e.g. '2025-03-14' or 'today'.")]
-        = "today",
+        start: Annotated[
+            str, Field(description="First day, e.g. '2025-03-14' or 'today'.")
+        ] = "today",
         days: Annotated[int, Field(description="How many days from start.", ge=1, le=366)] = 7,
     ) -> str:
         first = _parse_start(start, tz)
@@ -194,12 +221,18 @@ def create_calendar_server(
         for source, calendar, name in load():
             try:
                 occurrences = recurring_ical_events.of(calendar, skip_bad_series=True).between(
-                    *window)
+                    *window
+                )
             except Exception as exc:
-                raise ToolError(f"Calendar {source.label} has events that cannot be expanded: "
-                                f"{type(exc).__name__}: {clip(str(exc), 200)}") from None
-            events += [_describe(e, tz, tag(source, name)) for e in occurrences
-                       if e.get("DTSTART") is not None]
+                raise ToolError(
+                    f"Calendar {source.label} has events that cannot be expanded: "
+                    f"{type(exc).__name__}: {clip(str(exc), 200)}"
+                ) from None
+            events += [
+                _describe(e, tz, tag(source, name))
+                for e in occurrences
+                if e.get("DTSTART") is not None
+            ]
         last = first + timedelta(days=days - 1)
         span = first.isoformat() if days == 1 else f"{first.isoformat()} to {last.isoformat()}"
         if not events:
@@ -221,13 +254,16 @@ def create_calendar_server(
             for component in calendar.walk("VEVENT"):
                 if component.get("DTSTART") is None:
                     continue
-                text = " ".join(str(component.get(key, "")) for key in
-                                ("SUMMARY", "LOCATION", "DESCRIPTION")).casefold()
+                text = " ".join(
+                    str(component.get(key, "")) for key in ("SUMMARY", "LOCATION", "DESCRIPTION")
+                ).casefold()
                 categories = component.get("CATEGORIES")
                 if categories is not None:
                     cats = categories if isinstance(categories, list) else [categories]
-                    text += " " + " ".join(str(c.to_ical(), "utf-8", "replace")
-                                           for c in cats).casefold()
+                    text += (
+                        " "
+                        + " ".join(str(c.to_ical(), "utf-8", "replace") for c in cats).casefold()
+                    )
                 score = sum(1 for w in words if w in text)
                 if score:
                     scored.append((score, _describe(component, tz, tag(source, name))))
@@ -237,6 +273,7 @@ def create_calendar_server(
         return "\n".join(event.line for _, event in scored[:MAX_SEARCH_HITS])
 
     for fn in (list_events, search_events):
-        server.tool(fn, name=fn.__name__, description=DESCRIPTIONS[fn.__name__],
-                    annotations=read_only)
+        server.tool(
+            fn, name=fn.__name__, description=DESCRIPTIONS[fn.__name__], annotations=read_only
+        )
     return server

@@ -26,9 +26,9 @@ import fastmcp
 from fastmcp.exceptions import ToolError
 from pydantic import Field
 
+from homespun.spec import Settings
 from homespun.stores.memory import fts5_query
 from homespun.stores.sqlite import connect
-from homespun.spec import Settings
 
 from ._options import OptionReader
 from ._text import clip, one_line
@@ -116,7 +116,7 @@ def parse_note(text: str, fallback_title: str) -> ParsedNote:
     match = _FRONT_MATTER.match(text)
     if match:
         meta = _front_matter(match.group(1))
-        body = text[match.end():]
+        body = text[match.end() :]
     title = (meta.get("title") or [""])[0]
     if not title:
         heading = _HEADING.search(body)
@@ -268,8 +268,13 @@ class NoteIndex:
                     db.execute(
                         "INSERT INTO notes_fts (rowid, path, title, tags, body) "
                         "VALUES (?, ?, ?, ?, ?)",
-                        (row_id, relative.replace("/", " / "), parsed.title, parsed.tags,
-                         parsed.body),
+                        (
+                            row_id,
+                            relative.replace("/", " / "),
+                            parsed.title,
+                            parsed.tags,
+                            parsed.body,
+                        ),
                     )
                 db.execute("COMMIT")
             except BaseException:
@@ -370,8 +375,9 @@ def create_notes_server(
 
     def search_notes(
         query: Annotated[str, Field(description="Keywords to look for, e.g. 'garden plan'.")],
-        limit: Annotated[int, Field(description="How many notes at most.", ge=1,
-                                    le=SEARCH_MAX_LIMIT)] = 5,
+        limit: Annotated[
+            int, Field(description="How many notes at most.", ge=1, le=SEARCH_MAX_LIMIT)
+        ] = 5,
     ) -> str:
         if not fts5_query(query):
             raise ToolError("The search has no words. Give a few keywords.")
@@ -387,6 +393,7 @@ def create_notes_server(
         return _read_note(root, path)
 
     for fn in (search_notes, read_note):
-        server.tool(fn, name=fn.__name__, description=DESCRIPTIONS[fn.__name__],
-                    annotations=read_only)
+        server.tool(
+            fn, name=fn.__name__, description=DESCRIPTIONS[fn.__name__], annotations=read_only
+        )
     return server

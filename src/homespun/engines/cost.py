@@ -77,8 +77,9 @@ class Usage:
 class BudgetExceeded(RuntimeError):
     """A teacher call was refused because it could take spend over a cap."""
 
-    def __init__(self, budget: str, spent_usd: float, cap_usd: float, next_call_usd: float,
-                 field: str):
+    def __init__(
+        self, budget: str, spent_usd: float, cap_usd: float, next_call_usd: float, field: str
+    ):
         self.budget = budget  # "session" or "total"
         self.spent_usd = spent_usd
         self.cap_usd = cap_usd
@@ -93,8 +94,14 @@ class BudgetExceeded(RuntimeError):
 class CostMeter:
     """Spend of one session's teacher calls against the session and total caps."""
 
-    def __init__(self, *, session_cap_usd: float, total_cap_usd: float,
-                 spent_before_usd: float = 0.0, model: str):
+    def __init__(
+        self,
+        *,
+        session_cap_usd: float,
+        total_cap_usd: float,
+        spent_before_usd: float = 0.0,
+        model: str,
+    ):
         self.session_cap_usd = float(session_cap_usd)
         self.total_cap_usd = float(total_cap_usd)
         self.spent_before_usd = float(spent_before_usd)
@@ -108,8 +115,9 @@ class CostMeter:
         self._last_estimate_usd = 0.0
 
     @classmethod
-    def from_spec(cls, learning: LearningSpec, *, spent_before_usd: float = 0.0,
-                  model: str | None = None) -> CostMeter:
+    def from_spec(
+        cls, learning: LearningSpec, *, spent_before_usd: float = 0.0, model: str | None = None
+    ) -> CostMeter:
         return cls(
             session_cap_usd=learning.budgets.max_cost_per_session_usd,
             total_cap_usd=learning.budgets.max_total_cost_usd,
@@ -157,9 +165,11 @@ class CostMeter:
         return cost
 
     def __repr__(self) -> str:
-        return (f"CostMeter(model={self.model!r}, calls={self.calls}, "
-                f"spent_usd={self.spent_usd:.6f}, session_cap_usd={self.session_cap_usd}, "
-                f"total={self.total_spent_usd:.6f}/{self.total_cap_usd})")
+        return (
+            f"CostMeter(model={self.model!r}, calls={self.calls}, "
+            f"spent_usd={self.spent_usd:.6f}, session_cap_usd={self.session_cap_usd}, "
+            f"total={self.total_spent_usd:.6f}/{self.total_cap_usd})"
+        )
 
 
 def _usage_of(usage: Usage | dict[str, Any] | AIMessage | None) -> Usage | None:
@@ -176,8 +186,9 @@ def _usage_of(usage: Usage | dict[str, Any] | AIMessage | None) -> Usage | None:
         if "input_tokens" in usage or "output_tokens" in usage:
             return Usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
         if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI's names
-            return Usage(int(usage.get("prompt_tokens") or 0),
-                         int(usage.get("completion_tokens") or 0))
+            return Usage(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
         return None
     raise TypeError(f"cannot read token usage from {type(usage).__name__}")
 
@@ -204,8 +215,10 @@ def estimate_tokens(messages: Sequence[BaseMessage], tools: Sequence[Any] = ()) 
     `tools` may be OpenAI-format dicts or anything `convert_to_openai_tool` takes.
     """
     chars = sum(_message_chars(m) for m in messages)
-    chars += sum(len(json.dumps(t if isinstance(t, dict) else convert_to_openai_tool(t),
-                                default=str)) for t in tools)
+    chars += sum(
+        len(json.dumps(t if isinstance(t, dict) else convert_to_openai_tool(t), default=str))
+        for t in tools
+    )
     return -(-chars // 4)
 
 
@@ -218,9 +231,15 @@ def _message_chars(m: BaseMessage) -> int:
 # --------------------------------------------------------------------------- metered calls
 
 
-async def metered_call(meter: CostMeter | None, model: Any, messages: Sequence[BaseMessage],
-                       *, tools: Sequence[Any] = (), max_output_tokens: int | None = None,
-                       **kwargs: Any) -> AIMessage:
+async def metered_call(
+    meter: CostMeter | None,
+    model: Any,
+    messages: Sequence[BaseMessage],
+    *,
+    tools: Sequence[Any] = (),
+    max_output_tokens: int | None = None,
+    **kwargs: Any,
+) -> AIMessage:
     """`model.ainvoke(messages)` on `meter`: checked before (BudgetExceeded propagates and the
     model is not called), recorded after. A failed call may still be billed, so it is charged
     at the estimate, then its exception propagates.
@@ -240,9 +259,15 @@ async def metered_call(meter: CostMeter | None, model: Any, messages: Sequence[B
     return reply
 
 
-def metered_call_sync(meter: CostMeter | None, model: Any, messages: Sequence[BaseMessage],
-                      *, tools: Sequence[Any] = (), max_output_tokens: int | None = None,
-                      **kwargs: Any) -> AIMessage:
+def metered_call_sync(
+    meter: CostMeter | None,
+    model: Any,
+    messages: Sequence[BaseMessage],
+    *,
+    tools: Sequence[Any] = (),
+    max_output_tokens: int | None = None,
+    **kwargs: Any,
+) -> AIMessage:
     """`metered_call` for a synchronous caller."""
     _check(meter, model, messages, tools, max_output_tokens)
     try:
@@ -256,8 +281,15 @@ def metered_call_sync(meter: CostMeter | None, model: Any, messages: Sequence[Ba
     return reply
 
 
-def _check(meter: CostMeter | None, model: Any, messages: Sequence[BaseMessage],
-           tools: Sequence[Any], max_out: int | None) -> None:
+def _check(
+    meter: CostMeter | None,
+    model: Any,
+    messages: Sequence[BaseMessage],
+    tools: Sequence[Any],
+    max_out: int | None,
+) -> None:
     if meter is not None:
-        meter.check(estimated_input_tokens=estimate_tokens(messages, tools),
-                    max_output_tokens=max_output_tokens(model) if max_out is None else max_out)
+        meter.check(
+            estimated_input_tokens=estimate_tokens(messages, tools),
+            max_output_tokens=max_output_tokens(model) if max_out is None else max_out,
+        )

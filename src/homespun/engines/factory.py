@@ -54,9 +54,17 @@ def _check_adapters(spec: Spec) -> None:
         )
 
 
-def _openai_style(spec: Spec, *, provider: str, base_url: str | None, model: str,
-                  llama_extras: bool, lora_field: bool = False, api_key: str | None = None,
-                  api_key_env: str | None = None) -> BaseChatModel:
+def _openai_style(
+    spec: Spec,
+    *,
+    provider: str,
+    base_url: str | None,
+    model: str,
+    llama_extras: bool,
+    lora_field: bool = False,
+    api_key: str | None = None,
+    api_key_env: str | None = None,
+) -> BaseChatModel:
     intel = spec.intelligence
     extra_body: dict[str, Any] = {}
     if llama_extras:
@@ -72,23 +80,42 @@ def _openai_style(spec: Spec, *, provider: str, base_url: str | None, model: str
             {"id": i, "scale": adapter.scale} for i, adapter in enumerate(intel.adapters)
         ]
     return _provider_model(
-        spec, provider, model, base_url=base_url, api_key=api_key, api_key_env=api_key_env,
-        generation={"temperature": intel.temperature, "top_p": intel.top_p,
-                    "seed": _seed(spec)},
+        spec,
+        provider,
+        model,
+        base_url=base_url,
+        api_key=api_key,
+        api_key_env=api_key_env,
+        generation={"temperature": intel.temperature, "top_p": intel.top_p, "seed": _seed(spec)},
         extra_body=extra_body,
     )
 
 
-def _provider_model(spec: Spec, provider: str, model: str, *, base_url: str | None,
-                    api_key: str | None = None, api_key_env: str | None = None,
-                    generation: dict[str, Any], extra_body: dict[str, Any] | None = None
-                    ) -> BaseChatModel:
+def _provider_model(
+    spec: Spec,
+    provider: str,
+    model: str,
+    *,
+    base_url: str | None,
+    api_key: str | None = None,
+    api_key_env: str | None = None,
+    generation: dict[str, Any],
+    extra_body: dict[str, Any] | None = None,
+) -> BaseChatModel:
     return build_provider_model(
-        provider, model, who=f"engine.backend = {spec.engine.backend!r}",
-        error=EngineConfigError, base_url=base_url, api_key=api_key,
-        api_key_env=api_key_env, key_hint=" (or name another one in engine.api_key_env)",
-        max_tokens=spec.intelligence.max_tokens, timeout_s=spec.engine.timeout_s,
-        max_retries=0, generation=generation, extra_body=extra_body,
+        provider,
+        model,
+        who=f"engine.backend = {spec.engine.backend!r}",
+        error=EngineConfigError,
+        base_url=base_url,
+        api_key=api_key,
+        api_key_env=api_key_env,
+        key_hint=" (or name another one in engine.api_key_env)",
+        max_tokens=spec.intelligence.max_tokens,
+        timeout_s=spec.engine.timeout_s,
+        max_retries=0,
+        generation=generation,
+        extra_body=extra_body,
     )
 
 
@@ -112,23 +139,38 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
             adapters=tuple((str(a.resolved_path), a.scale) for a in intel.adapters),
         )
         return _openai_style(
-            spec, provider="openai_compatible", base_url=server.base_url,
-            api_key=server.api_key, model=path.stem, llama_extras=True,
+            spec,
+            provider="openai_compatible",
+            base_url=server.base_url,
+            api_key=server.api_key,
+            model=path.stem,
+            llama_extras=True,
         )
     if backend == "openai_compatible":
         return _openai_style(
-            spec, provider="openai_compatible", base_url=spec.engine.base_url,
-            api_key_env=key_env or None, model=intel.model, llama_extras=True,
+            spec,
+            provider="openai_compatible",
+            base_url=spec.engine.base_url,
+            api_key_env=key_env or None,
+            model=intel.model,
+            llama_extras=True,
             lora_field=True,
         )
     if backend == "openai":
         return _openai_style(
-            spec, provider="openai", base_url=spec.engine.base_url or None,
-            api_key_env=key_env or "OPENAI_API_KEY", model=intel.model, llama_extras=False,
+            spec,
+            provider="openai",
+            base_url=spec.engine.base_url or None,
+            api_key_env=key_env or "OPENAI_API_KEY",
+            model=intel.model,
+            llama_extras=False,
         )
     if backend == "ollama":
         return _provider_model(
-            spec, "ollama", intel.model, base_url=spec.engine.base_url or None,
+            spec,
+            "ollama",
+            intel.model,
+            base_url=spec.engine.base_url or None,
             generation={
                 "temperature": intel.temperature,
                 "top_p": intel.top_p,
@@ -141,10 +183,16 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
         )
     if backend == "anthropic":
         return _provider_model(
-            spec, "anthropic", intel.model, base_url=spec.engine.base_url or None,
+            spec,
+            "anthropic",
+            intel.model,
+            base_url=spec.engine.base_url or None,
             api_key_env=key_env or "ANTHROPIC_API_KEY",
-            generation={"temperature": intel.temperature, "top_p": intel.top_p,
-                        "top_k": intel.top_k},
+            generation={
+                "temperature": intel.temperature,
+                "top_p": intel.top_p,
+                "top_k": intel.top_k,
+            },
         )
     raise EngineConfigError(f"engine.backend {backend!r} is not known")  # pragma: no cover
 

@@ -180,8 +180,9 @@ def _amd_gpus() -> list[GpuInfo]:
             except Exception:
                 pass
             try:
-                memory = int(amdsmi.amdsmi_get_gpu_memory_total(
-                    handle, amdsmi.AmdSmiMemoryType.VRAM))
+                memory = int(
+                    amdsmi.amdsmi_get_gpu_memory_total(handle, amdsmi.AmdSmiMemoryType.VRAM)
+                )
             except Exception:
                 memory = None
             gpus.append(GpuInfo("amd", name, memory))
@@ -209,7 +210,7 @@ def ollama_available(port: int = OLLAMA_PORT, timeout_s: float = 0.2) -> tuple[b
         return True, f"serving on 127.0.0.1:{port}"
     if binary:
         return True, f"installed at {binary} (start it with `ollama serve`)"
-    return False, "not installed (https://ollama.com), nothing on 127.0.0.1:%d" % port
+    return False, f"not installed (https://ollama.com), nothing on 127.0.0.1:{port}"
 
 
 def memory_needed_bytes(model: CatalogModel) -> int:
@@ -222,18 +223,25 @@ def memory_needed_bytes(model: CatalogModel) -> int:
 def _engines(gpus: list[GpuInfo], ollama: tuple[bool, str]) -> list[EngineFit]:
     embedded_ok = importlib.util.find_spec("xllamacpp") is not None
     engines = [
-        EngineFit("embedded", embedded_ok,
-                  "llama.cpp in-process (xllamacpp), on the CPU" if embedded_ok
-                  else "xllamacpp is not installed: pip install xllamacpp"),
+        EngineFit(
+            "embedded",
+            embedded_ok,
+            "llama.cpp in-process (xllamacpp), on the CPU"
+            if embedded_ok
+            else "xllamacpp is not installed: pip install xllamacpp",
+        ),
         EngineFit("ollama", ollama[0], ollama[1]),
     ]
     if any(g.vendor == "nvidia" for g in gpus):
         installed = importlib.util.find_spec("vllm") is not None
-        engines.append(EngineFit(
-            "vllm", True,
-            ("installed; " if installed else "pip install vllm; ")
-            + "serve with `vllm serve MODEL` and set engine.backend = 'openai_compatible'",
-        ))
+        engines.append(
+            EngineFit(
+                "vllm",
+                True,
+                ("installed; " if installed else "pip install vllm; ")
+                + "serve with `vllm serve MODEL` and set engine.backend = 'openai_compatible'",
+            )
+        )
     else:
         engines.append(EngineFit("vllm", False, "needs a CUDA (NVIDIA) GPU"))
     return engines
@@ -248,8 +256,10 @@ def _recommend(report: HardwareReport) -> str:
     ollama = next(e for e in report.engines if e.name == "ollama")
     if report.has_cuda:
         gpu = next(g for g in report.gpus if g.vendor == "nvidia")
-        text = (f"NVIDIA {gpu.name} ({_gb(gpu.memory_bytes)}): serve an open-weight model that "
-                "fits its memory with vllm (engine.backend = 'openai_compatible')")
+        text = (
+            f"NVIDIA {gpu.name} ({_gb(gpu.memory_bytes)}): serve an open-weight model that "
+            "fits its memory with vllm (engine.backend = 'openai_compatible')"
+        )
         text += " or ollama (engine.backend = 'ollama')." if ollama.usable else "."
         return text + " The embedded engine runs on the CPU only."
     if report.gpus:
@@ -257,23 +267,33 @@ def _recommend(report: HardwareReport) -> str:
         text = f"AMD {gpu.name} ({_gb(gpu.memory_bytes)}): "
         if ollama.usable:
             return text + "use ollama's ROCm build (engine.backend = 'ollama')."
-        return text + ("install ollama (it supports ROCm) and set engine.backend = 'ollama'; "
-                       "until then the embedded engine runs on the CPU.")
+        return text + (
+            "install ollama (it supports ROCm) and set engine.backend = 'ollama'; "
+            "until then the embedded engine runs on the CPU."
+        )
     if not fits_cpu:
-        return (f"Only {_gb(report.memory_bytes)} of memory: even {DEFAULT_MODEL} may not fit; "
-                "use a cloud backend (engine.backend = 'anthropic' or 'openai').")
+        return (
+            f"Only {_gb(report.memory_bytes)} of memory: even {DEFAULT_MODEL} may not fit; "
+            "use a cloud backend (engine.backend = 'anthropic' or 'openai')."
+        )
     # The 1.5B model is much better at tool calls but slow on very few cores.
     best = max(fits_cpu, key=lambda f: f.model.size_bytes)
     if best.model.name != DEFAULT_MODEL and report.cpu_cores >= 4:
-        text = (f"CPU only ({report.cpu_cores} cores, {_gb(report.memory_bytes)}): the embedded "
-                f"engine with {best.model.name} (better tool calls; `{best.model.pull_command}`)"
-                f", or {DEFAULT_MODEL} for speed.")
+        text = (
+            f"CPU only ({report.cpu_cores} cores, {_gb(report.memory_bytes)}): the embedded "
+            f"engine with {best.model.name} (better tool calls; `{best.model.pull_command}`)"
+            f", or {DEFAULT_MODEL} for speed."
+        )
     else:
-        text = (f"CPU only ({report.cpu_cores} cores, {_gb(report.memory_bytes)}): the embedded "
-                f"engine with {DEFAULT_MODEL} (the default).")
+        text = (
+            f"CPU only ({report.cpu_cores} cores, {_gb(report.memory_bytes)}): the embedded "
+            f"engine with {DEFAULT_MODEL} (the default)."
+        )
         if best.model.name != DEFAULT_MODEL:
-            text += (f" {best.model.name} fits too and calls tools better, but is slow on "
-                     f"{report.cpu_cores} cores.")
+            text += (
+                f" {best.model.name} fits too and calls tools better, but is slow on "
+                f"{report.cpu_cores} cores."
+            )
     if ollama.usable:
         text += " ollama is available for larger models (engine.backend = 'ollama')."
     return text

@@ -18,16 +18,24 @@ _ACCEPTED_FORMS = (
 )
 
 
-
 class TeacherConfigError(ValueError):
     """learning.teacher names a teacher that cannot be built here (key, extra, form)."""
 
 
 def build_provider_model(
-    provider: str, model: str, *, who: str, error: type[ValueError],
-    base_url: str | None = None, api_key: str | None = None, api_key_env: str | None = None,
-    key_hint: str = "", max_tokens: int | None = None, timeout_s: float | None = None,
-    max_retries: int = 0, generation: Mapping[str, Any] | None = None,
+    provider: str,
+    model: str,
+    *,
+    who: str,
+    error: type[ValueError],
+    base_url: str | None = None,
+    api_key: str | None = None,
+    api_key_env: str | None = None,
+    key_hint: str = "",
+    max_tokens: int | None = None,
+    timeout_s: float | None = None,
+    max_retries: int = 0,
+    generation: Mapping[str, Any] | None = None,
     extra_body: Mapping[str, Any] | None = None,
 ) -> BaseChatModel:
     """The LangChain client of `provider` ('anthropic', 'openai', 'openai_compatible',
@@ -47,9 +55,14 @@ def build_provider_model(
         if provider == "openai":
             api_key = _require_key(api_key, api_key_env, who, key_hint, error)
         return ChatOpenAI(
-            model=model, base_url=base_url, api_key=api_key or "not-needed",
-            max_tokens=max_tokens, timeout=timeout_s, max_retries=max_retries,
-            stream_usage=True, extra_body=dict(extra_body) if extra_body else None,
+            model=model,
+            base_url=base_url,
+            api_key=api_key or "not-needed",
+            max_tokens=max_tokens,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            stream_usage=True,
+            extra_body=dict(extra_body) if extra_body else None,
             **generation,
         )
     if provider == "anthropic":
@@ -61,8 +74,12 @@ def build_provider_model(
         if base_url:
             generation["base_url"] = base_url
         return ChatAnthropic(
-            model=model, api_key=api_key, max_tokens=max_tokens, timeout=timeout_s,
-            max_retries=max_retries, **generation,
+            model=model,
+            api_key=api_key,
+            max_tokens=max_tokens,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            **generation,
         )
     if provider == "ollama":
         try:
@@ -71,14 +88,18 @@ def build_provider_model(
             raise error(_missing_extra(who, "ollama")) from exc
         # The Ollama client has no retry setting of its own: nothing to turn off.
         return ChatOllama(
-            model=model, base_url=base_url or None, num_predict=max_tokens,
-            client_kwargs={"timeout": timeout_s}, **generation,
+            model=model,
+            base_url=base_url or None,
+            num_predict=max_tokens,
+            client_kwargs={"timeout": timeout_s},
+            **generation,
         )
     raise error(f"{who}: provider {provider!r} is not known")  # pragma: no cover
 
 
-def _require_key(key: str | None, env: str | None, who: str, hint: str,
-                 error: type[ValueError]) -> str:
+def _require_key(
+    key: str | None, env: str | None, who: str, hint: str, error: type[ValueError]
+) -> str:
     if not key:
         raise error(f"{who} needs an API key: set the environment variable {env}{hint}")
     return key
@@ -126,12 +147,14 @@ def _split_endpoint(model: str) -> tuple[str, str | None]:
 
 
 # Shown with a teacher's missing key: the way to go on without one.
-_NO_TEACHER_HINT = (" (or set learning.teacher = '' to use the rule-based diagnoser and the "
-                    "random proposer)")
+_NO_TEACHER_HINT = (
+    " (or set learning.teacher = '' to use the rule-based diagnoser and the random proposer)"
+)
 
 
-def build_teacher(name: str, *, max_tokens: int = 4096, base_url: str | None = None,
-                  timeout_s: float = 300.0) -> BaseChatModel:
+def build_teacher(
+    name: str, *, max_tokens: int = 4096, base_url: str | None = None, timeout_s: float = 300.0
+) -> BaseChatModel:
     """The LangChain chat model for `learning.teacher`.
 
     SDK retries are off (max_retries=0): a retry is a call, and the caller that retries does
@@ -145,7 +168,14 @@ def build_teacher(name: str, *, max_tokens: int = 4096, base_url: str | None = N
         url = base_url or written
     key_env = "ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY"
     return build_provider_model(
-        provider, model, who=f"learning.teacher = {name!r}", error=TeacherConfigError,
-        base_url=url, api_key_env=None if provider == "ollama" else key_env,
-        key_hint=_NO_TEACHER_HINT, max_tokens=max_tokens, timeout_s=timeout_s, max_retries=0,
+        provider,
+        model,
+        who=f"learning.teacher = {name!r}",
+        error=TeacherConfigError,
+        base_url=url,
+        api_key_env=None if provider == "ollama" else key_env,
+        key_hint=_NO_TEACHER_HINT,
+        max_tokens=max_tokens,
+        timeout_s=timeout_s,
+        max_retries=0,
     )

@@ -149,8 +149,7 @@ class NvidiaEnergyCounter:
         if nvml is None:
             return None
         try:
-            handles = [nvml.nvmlDeviceGetHandleByIndex(i)
-                       for i in range(nvml.nvmlDeviceGetCount())]
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
             counter = cls(nvml, handles)
             # Pre-Volta GPUs raise NotSupported here; a sum that skipped a GPU would
             # under-report, so then this source is not used at all.
@@ -160,8 +159,9 @@ class NvidiaEnergyCounter:
         return counter if handles else None
 
     def read(self) -> tuple[float, ...]:
-        return tuple(float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h))
-                     for h in self._handles)
+        return tuple(
+            float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h)) for h in self._handles
+        )
 
     def joules(self, before: Sequence[float], after: Sequence[float]) -> float:
         return sum(b - a for a, b in zip(before, after, strict=True)) / 1000.0
@@ -401,8 +401,9 @@ class ModelCallRecorder(BaseCallbackHandler):
             if started is not None:
                 self.calls.append(ModelCallStats(time.perf_counter() - started, **fields))
 
-    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID,
-                            **kwargs: Any) -> None:
+    def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any
+    ) -> None:
         self._start(run_id)
 
     def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -476,15 +477,19 @@ class RunMeter:
     """
 
     def __init__(self, energy: EnergyMeter | None = None, *, measure_energy: bool = True):
-        self.energy: EnergyMeter = (energy if energy is not None else new_energy_meter()
-                                    ) if measure_energy else NullMeter()
+        self.energy: EnergyMeter = (
+            (energy if energy is not None else new_energy_meter())
+            if measure_energy
+            else NullMeter()
+        )
         self.recorder = ModelCallRecorder()
         self.overlapped = False
         self._started: float | None = None
 
     @classmethod
-    def for_engine(cls, backend: str, base_url: str = "",
-                   energy: EnergyMeter | None = None) -> RunMeter:
+    def for_engine(
+        cls, backend: str, base_url: str = "", energy: EnergyMeter | None = None
+    ) -> RunMeter:
         return cls(energy, measure_energy=measures_local_energy(backend, base_url))
 
     def start(self) -> None:
@@ -525,8 +530,9 @@ def electricity_usd_per_kwh(environ: dict[str, str] | None = None) -> float:
     except ValueError:
         price = -1.0
     if not price >= 0 or price == float("inf"):
-        raise ValueError(f"{ELECTRICITY_ENV} must be a price in USD per kWh (a number >= 0), "
-                         f"got {raw!r}")
+        raise ValueError(
+            f"{ELECTRICITY_ENV} must be a price in USD per kWh (a number >= 0), got {raw!r}"
+        )
     return price
 
 
@@ -535,15 +541,22 @@ def energy_cost_usd(energy_j: float | None, usd_per_kwh: float) -> float | None:
     return None if energy_j is None else energy_j / _J_PER_KWH * usd_per_kwh
 
 
-def token_cost_usd(prompt_tokens: int, completion_tokens: int,
-                   price_per_mtok: tuple[float, float]) -> float:
+def token_cost_usd(
+    prompt_tokens: int, completion_tokens: int, price_per_mtok: tuple[float, float]
+) -> float:
     """List-price cost of tokens at (input $, output $) per million tokens."""
     return (prompt_tokens * price_per_mtok[0] + completion_tokens * price_per_mtok[1]) / 1e6
 
 
-def run_cost_usd(*, backend: str, prompt_tokens: int, completion_tokens: int,
-                 energy_j: float | None, price_per_mtok: tuple[float, float] | None,
-                 usd_per_kwh: float | None) -> float | None:
+def run_cost_usd(
+    *,
+    backend: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    energy_j: float | None,
+    price_per_mtok: tuple[float, float] | None,
+    usd_per_kwh: float | None,
+) -> float | None:
     """Dollar cost of a run: tokens x list price for a cloud backend (None when its price is
     unknown), measured energy x electricity price for a local one (None when either is
     unknown)."""

@@ -28,8 +28,9 @@ class ScriptCall(dict):
 def tool_call(name: str, args: dict[str, Any] | None = None, id: str | None = None) -> AIMessage:
     """An AIMessage asking for one tool call (for scripts)."""
     ids = id or f"call_{name}_{next(_ids)}"
-    return AIMessage(content="", tool_calls=[{"name": name, "args": args or {}, "id": ids,
-                                              "type": "tool_call"}])
+    return AIMessage(
+        content="", tool_calls=[{"name": name, "args": args or {}, "id": ids, "type": "tool_call"}]
+    )
 
 
 _ids = itertools.count(1)
@@ -53,8 +54,7 @@ class ScriptedChatModel(BaseChatModel):
     bound_tools: list[dict] = Field(default_factory=list)
     tool_choice: str | None = None
     shared: _Shared = Field(default_factory=_Shared)
-    usage: dict[str, int] = Field(default_factory=lambda: {"input_tokens": 10,
-                                                          "output_tokens": 5})
+    usage: dict[str, int] = Field(default_factory=lambda: {"input_tokens": 10, "output_tokens": 5})
 
     @property
     def _llm_type(self) -> str:
@@ -64,24 +64,32 @@ class ScriptedChatModel(BaseChatModel):
     def calls(self) -> list[ScriptCall]:
         return self.shared.calls
 
-    def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None,
-                   **kwargs: Any) -> ScriptedChatModel:
+    def bind_tools(
+        self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
+    ) -> ScriptedChatModel:
         # Shares script, position and calls with the original, so one script spans the
         # bound and unbound forms the graph uses.
         copy = ScriptedChatModel(
-            script=self.script, shared=self.shared, usage=self.usage,
-            bound_tools=[convert_to_openai_tool(t) for t in tools], tool_choice=tool_choice,
+            script=self.script,
+            shared=self.shared,
+            usage=self.usage,
+            bound_tools=[convert_to_openai_tool(t) for t in tools],
+            tool_choice=tool_choice,
         )
         return copy
 
     def _next(self, messages: list[BaseMessage]) -> AIMessage:
-        self.shared.calls.append(ScriptCall(
-            messages=list(messages),
-            tools=[t["function"]["name"] for t in self.bound_tools],
-            tool_choice=self.tool_choice,
-            tool_descriptions={t["function"]["name"]: t["function"].get("description", "")
-                               for t in self.bound_tools},
-        ))
+        self.shared.calls.append(
+            ScriptCall(
+                messages=list(messages),
+                tools=[t["function"]["name"] for t in self.bound_tools],
+                tool_choice=self.tool_choice,
+                tool_descriptions={
+                    t["function"]["name"]: t["function"].get("description", "")
+                    for t in self.bound_tools
+                },
+            )
+        )
         i = self.shared.position
         if i >= len(self.script):
             raise RuntimeError(f"scripted model ran out of replies after {i} calls")
@@ -92,17 +100,25 @@ class ScriptedChatModel(BaseChatModel):
         if isinstance(reply, str):
             reply = AIMessage(content=reply)
         reply = reply.model_copy(deep=True)
-        reply.usage_metadata = {**self.usage,
-                                "total_tokens": sum(self.usage.values())}  # type: ignore[typeddict-item]
+        reply.usage_metadata = {**self.usage, "total_tokens": sum(self.usage.values())}  # type: ignore[typeddict-item]
         return reply
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return ChatResult(generations=[ChatGeneration(message=self._next(messages))])
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any):
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ):
         reply = self._next(messages)
         text = reply.content if isinstance(reply.content, str) else ""
         words = text.split(" ")
@@ -114,12 +130,19 @@ class ScriptedChatModel(BaseChatModel):
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield ChatGenerationChunk(message=AIMessageChunk(
-            content="",
-            tool_call_chunks=[
-                {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"],
-                 "index": j, "type": "tool_call_chunk"}
-                for j, c in enumerate(reply.tool_calls)
-            ],
-            usage_metadata=reply.usage_metadata,
-        ))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                tool_call_chunks=[
+                    {
+                        "name": c["name"],
+                        "args": json.dumps(c["args"]),
+                        "id": c["id"],
+                        "index": j,
+                        "type": "tool_call_chunk",
+                    }
+                    for j, c in enumerate(reply.tool_calls)
+                ],
+                usage_metadata=reply.usage_metadata,
+            )
+        )

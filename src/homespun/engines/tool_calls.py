@@ -314,8 +314,9 @@ def _compact_arguments(params: dict[str, Any]) -> str:
     required = set(params.get("required") or [])
     parts = []
     for name, prop in props.items():
-        kind = prop.get("type") or ("one of " + "/".join(map(str, prop["enum"]))
-                                    if "enum" in prop else "value")
+        kind = prop.get("type") or (
+            "one of " + "/".join(map(str, prop["enum"])) if "enum" in prop else "value"
+        )
         if isinstance(kind, list):
             kind = "/".join(map(str, kind))
         parts.append(f'"{name}": {kind}' + ("" if name in required else " (optional)"))

@@ -96,15 +96,22 @@ def new_question_state(question: HumanMessage) -> dict[str, Any]:
     }
 
 
-def prompt_messages(agent: AgentSpec, messages: Sequence[BaseMessage],
-            extra: str | None = None) -> list[BaseMessage]:
+def prompt_messages(
+    agent: AgentSpec, messages: Sequence[BaseMessage], extra: str | None = None
+) -> list[BaseMessage]:
     out: list[BaseMessage] = [SystemMessage(agent.system_prompt)]
     for i, example in enumerate(agent.few_shot):
         out.append(HumanMessage(example.user))
         if example.tool:
             call_id = f"example_{i}"
-            out.append(AIMessage("", tool_calls=[{"name": example.tool, "args":
-                                                  dict(example.arguments), "id": call_id}]))
+            out.append(
+                AIMessage(
+                    "",
+                    tool_calls=[
+                        {"name": example.tool, "args": dict(example.arguments), "id": call_id}
+                    ],
+                )
+            )
             out.append(ToolMessage(example.tool_result, tool_call_id=call_id, name=example.tool))
         out.append(AIMessage(example.assistant))
     out.extend(messages)
@@ -182,8 +189,12 @@ class _ToolRunner:
         else:
             try:
                 out = await tool.ainvoke(
-                    {"type": "tool_call", "name": name, "args": call.get("args") or {},
-                     "id": call_id}
+                    {
+                        "type": "tool_call",
+                        "name": name,
+                        "args": call.get("args") or {},
+                        "id": call_id,
+                    }
                 )
                 content = _text(out.content if isinstance(out, ToolMessage) else out)
                 status = out.status if isinstance(out, ToolMessage) else "success"
@@ -245,8 +256,11 @@ def build_assistant_graph(
             instruction = REPEAT_INSTRUCTION.format(calls=", ".join(repeated))
             answer_reply = await ask(plain, prompt_messages(agent, state["messages"], instruction))
             answer_reply.usage_metadata = _add_usage(reply, answer_reply)
-            return {"messages": [answer_reply], "turns": turns + 1,
-                    "stop_reason": StopReason.REPEAT_GUARD.value}
+            return {
+                "messages": [answer_reply],
+                "turns": turns + 1,
+                "stop_reason": StopReason.REPEAT_GUARD.value,
+            }
         return {"messages": [reply], "turns": turns, "stop_reason": ""}
 
     # ----- nodes
@@ -261,9 +275,12 @@ def build_assistant_graph(
         out = await call(plain, state, PLAN_INSTRUCTION.format(n=agent.max_plan_steps))
         reply = out["messages"][0]
         steps = parse_plan(_text(reply.content), agent.max_plan_steps)
-        reply = AIMessage(content=_text(reply.content), name="planner",
-                          usage_metadata=getattr(reply, "usage_metadata", None),
-                          response_metadata=reply.response_metadata)
+        reply = AIMessage(
+            content=_text(reply.content),
+            name="planner",
+            usage_metadata=getattr(reply, "usage_metadata", None),
+            response_metadata=reply.response_metadata,
+        )
         return {**out, "messages": [reply], "plan": steps, "step": 0}
 
     async def execute(state: AssistantState) -> dict:

@@ -74,16 +74,18 @@ def message_to_dict(m: BaseMessage) -> dict[str, Any]:
     if getattr(m, "name", None):
         d["name"] = m.name
     if isinstance(m, AIMessage) and m.tool_calls:
-        d["tool_calls"] = [{"name": c["name"], "args": c["args"], "id": c.get("id")}
-                           for c in m.tool_calls]
+        d["tool_calls"] = [
+            {"name": c["name"], "args": c["args"], "id": c.get("id")} for c in m.tool_calls
+        ]
     if isinstance(m, ToolMessage):
         d["tool_call_id"] = m.tool_call_id
         d["status"] = m.status
     return d
 
 
-def _fill_trace(trace: Trace, messages: list[BaseMessage], state: dict[str, Any],
-                max_turns: int) -> None:
+def _fill_trace(
+    trace: Trace, messages: list[BaseMessage], state: dict[str, Any], max_turns: int
+) -> None:
     trace.messages = [message_to_dict(m) for m in messages]
     results = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
     calls: list[ToolCallRecord] = []
@@ -120,9 +122,11 @@ def _fill_trace(trace: Trace, messages: list[BaseMessage], state: dict[str, Any]
         trace.status = "ok"
         # The graph marks an answer the repeat guard asked for, or one a verifier still
         # rejects; any other answer is a plain one.
-        trace.stop_reason = (StopReason(stop) if stop in (StopReason.REPEAT_GUARD,
-                                                          StopReason.VERIFIER_FAILED)
-                             else StopReason.ANSWERED)
+        trace.stop_reason = (
+            StopReason(stop)
+            if stop in (StopReason.REPEAT_GUARD, StopReason.VERIFIER_FAILED)
+            else StopReason.ANSWERED
+        )
         if parse_error:
             trace.error = f"model output was not valid for the tool-call format: {parse_error}"
     else:
@@ -245,14 +249,18 @@ def _record_telemetry(trace: Trace, measured: RunTelemetry) -> None:
         if trace.backend not in CLOUD_BACKENDS:
             trace.error = trace.error or f"cost not measured: {exc}"
     trace.cost_usd = run_cost_usd(
-        backend=trace.backend, prompt_tokens=trace.prompt_tokens,
-        completion_tokens=trace.completion_tokens, energy_j=trace.energy_j,
-        price_per_mtok=price, usd_per_kwh=usd_per_kwh,
+        backend=trace.backend,
+        prompt_tokens=trace.prompt_tokens,
+        completion_tokens=trace.completion_tokens,
+        energy_j=trace.energy_j,
+        price_per_mtok=price,
+        usd_per_kwh=usd_per_kwh,
     )
 
 
-async def _invoke(graph: Any, inputs: dict, config: dict, on_token: TokenCallback | None
-                  ) -> AssistantState:
+async def _invoke(
+    graph: Any, inputs: dict, config: dict, on_token: TokenCallback | None
+) -> AssistantState:
     if on_token is None:
         return await graph.ainvoke(inputs, config)
     final: AssistantState = {}

@@ -88,16 +88,22 @@ class SearchContext:
         tasks = self.tasks if self.tasks is not None else self.benchmark.tasks()
         gate = spec.learning.gate
         search, pool = split_tasks(tasks, seed=gate.seed, benchmark=self.benchmark.name)
-        held_out = gate_subsample(pool, size=gate.subsample, seed=gate.seed,
-                                  benchmark=self.benchmark.name)
+        held_out = gate_subsample(
+            pool, size=gate.subsample, seed=gate.seed, benchmark=self.benchmark.name
+        )
         return search, held_out
 
     async def evaluate(self, spec: Spec, tasks: list[Task], label: str) -> EvalResult:
         self.emit("evaluate_start", label=label, tasks=len(tasks) * spec.learning.gate.repeats)
         result = await evaluate(
-            spec, self.settings, self.benchmark, tasks,
-            repeats=spec.learning.gate.repeats, concurrency=self.concurrency,
-            cache=self.cache, student=self.student,
+            spec,
+            self.settings,
+            self.benchmark,
+            tasks,
+            repeats=spec.learning.gate.repeats,
+            concurrency=self.concurrency,
+            cache=self.cache,
+            student=self.student,
             on_outcome=lambda o: self.emit("task_done", label=label, outcome=o),
         )
         self.emit("evaluate_done", label=label, accuracy=result.accuracy, runs=result.runs)
@@ -134,8 +140,10 @@ def _context(runtime: Runtime[SearchContext]) -> SearchContext:
         return ctx
     if isinstance(ctx, SearchContextSource):
         return ctx.search_context()
-    raise TypeError("the search graph runs with context=SearchContext(...) (see "
-                    f"homespun.graphs.search_loop), not {type(ctx).__name__}")
+    raise TypeError(
+        "the search graph runs with context=SearchContext(...) (see "
+        f"homespun.graphs.search_loop), not {type(ctx).__name__}"
+    )
 
 
 def _session_dir(ctx: SearchContext, sid: str) -> Path:
@@ -158,8 +166,9 @@ def _record_cost(ctx: SearchContext, sid: str, kind: str, mark: tuple[float, int
     now = _meter_mark(ctx)
     usd, tin, tout = now[0] - mark[0], now[1] - mark[1], now[2] - mark[2]
     if usd > 0 or tin or tout:
-        ctx.store.add_cost(sid, kind=kind, model=ctx.meter.model, input_tokens=tin,
-                           output_tokens=tout, usd=usd)
+        ctx.store.add_cost(
+            sid, kind=kind, model=ctx.meter.model, input_tokens=tin, output_tokens=tout, usd=usd
+        )
 
 
 # --------------------------------------------------------------------------- nodes
@@ -171,8 +180,11 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     ctx = _context(runtime)
     spec = ctx.checkpoints.head_spec()
     sid = state.get("session_id") or ctx.store.new_session(
-        benchmark=ctx.benchmark.name, proposer=ctx.proposer.name,
-        teacher=spec.learning.teacher, spec_hash=spec.content_hash())
+        benchmark=ctx.benchmark.name,
+        proposer=ctx.proposer.name,
+        teacher=spec.learning.teacher,
+        spec_hash=spec.content_hash(),
+    )
     search, held_out = ctx.split(spec)
     ctx.emit("phase", name="diagnose", search_tasks=len(search), gate_tasks=len(held_out))
     result = await ctx.evaluate(spec, search, "diagnose: current spec on the search set")
@@ -191,13 +203,16 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
             except KeyError:
                 trace = None
             if trace is not None:
-                failures.append(FailedRun(by_id[o.task_id], trace, Grade(False, o.score,
-                                                                         o.reason)))
+                failures.append(FailedRun(by_id[o.task_id], trace, Grade(False, o.score, o.reason)))
     ctx.store.update_session(sid, gate_score_before=gate_now.accuracy)
     if not failures:
         ctx.store.update_session(sid, status="nothing_to_fix", note="every search task passed")
-        return {"session_id": sid, "status": "nothing_to_fix", "diagnosis": None,
-                "gate_score_before": gate_now.accuracy}
+        return {
+            "session_id": sid,
+            "status": "nothing_to_fix",
+            "diagnosis": None,
+            "gate_score_before": gate_now.accuracy,
+        }
     narrative = ""
     if ctx.teacher is not None:
         spent = _meter_mark(ctx)
@@ -206,12 +221,21 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
 
             reruns = spec.learning.teacher_reruns_per_cluster
             diagnosis, narrative = await teacher_diagnosis(
-                failures, totals, teacher=ctx.teacher, meter=ctx.meter,
+                failures,
+                totals,
+                teacher=ctx.teacher,
+                meter=ctx.meter,
                 max_tool_calls=spec.learning.budgets.max_tool_calls_per_diagnosis,
                 scrub=spec.learning.privacy.scrub_pii,
-                rerun=teacher_rerun(teacher=ctx.teacher, meter=ctx.meter, spec=spec,
-                                    settings=ctx.settings, benchmark=ctx.benchmark)
-                if reruns else None,
+                rerun=teacher_rerun(
+                    teacher=ctx.teacher,
+                    meter=ctx.meter,
+                    spec=spec,
+                    settings=ctx.settings,
+                    benchmark=ctx.benchmark,
+                )
+                if reruns
+                else None,
                 rerun_per_cluster=reruns,
             )
         finally:
@@ -221,22 +245,36 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         narrative = "Rule-based diagnosis (no teacher configured)."
     _write_diagnosis(ctx, sid, diagnosis, narrative, result)
     ctx.emit("diagnosis", diagnosis=diagnosis)
-    return {"session_id": sid, "diagnosis": diagnosis.model_dump(), "status": "running",
-            "gate_score_before": gate_now.accuracy}
+    return {
+        "session_id": sid,
+        "diagnosis": diagnosis.model_dump(),
+        "status": "running",
+        "gate_score_before": gate_now.accuracy,
+    }
 
 
-def _write_diagnosis(ctx: SearchContext, sid: str, diagnosis: Diagnosis, narrative: str,
-                     result: EvalResult) -> None:
-    lines = [f"# Diagnosis — session {sid}", "", f"Source: {diagnosis.source}",
-             f"Search-set accuracy of the current spec: {result.accuracy:.3f} "
-             f"({len(result.outcomes)} runs)", "", "| cluster | categories | signature | "
-             "student failure rate | teacher success rate | skill gap |",
-             "|---|---|---|---|---|---|"]
+def _write_diagnosis(
+    ctx: SearchContext, sid: str, diagnosis: Diagnosis, narrative: str, result: EvalResult
+) -> None:
+    lines = [
+        f"# Diagnosis — session {sid}",
+        "",
+        f"Source: {diagnosis.source}",
+        f"Search-set accuracy of the current spec: {result.accuracy:.3f} "
+        f"({len(result.outcomes)} runs)",
+        "",
+        "| cluster | categories | signature | "
+        "student failure rate | teacher success rate | skill gap |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in diagnosis.clusters:
-        teacher = ("not measured" if c.teacher_success_rate is None
-                   else f"{c.teacher_success_rate:.2f}")
-        lines.append(f"| {c.id} | {', '.join(c.categories)} | {c.signature} | "
-                     f"{c.student_failure_rate:.2f} | {teacher} | {c.skill_gap} |")
+        teacher = (
+            "not measured" if c.teacher_success_rate is None else f"{c.teacher_success_rate:.2f}"
+        )
+        lines.append(
+            f"| {c.id} | {', '.join(c.categories)} | {c.signature} | "
+            f"{c.student_failure_rate:.2f} | {teacher} | {c.skill_gap} |"
+        )
     lines += ["", narrative.strip(), ""]
     (_session_dir(ctx, sid) / "diagnosis.md").write_text("\n".join(lines))
 
@@ -252,10 +290,15 @@ async def plan(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     history = []
     for row in ctx.store.history_entries():
         try:
-            p = Proposal.model_validate({"id": row["id"], "target_cluster": row["target"],
-                                         "ops": json.loads(row["ops"]),
-                                         "rationale": row["rationale"] or "",
-                                         "proposer": row["proposer"] or ""})
+            p = Proposal.model_validate(
+                {
+                    "id": row["id"],
+                    "target_cluster": row["target"],
+                    "ops": json.loads(row["ops"]),
+                    "rationale": row["rationale"] or "",
+                    "proposer": row["proposer"] or "",
+                }
+            )
         except Exception:  # a row from an older op schema: skip it, it cannot repeat
             continue
         history.append(HistoryEntry(p, row["status"], row["reason"] or "", row["deltas"]))
@@ -267,10 +310,14 @@ async def plan(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         return {k: v for k, v in cluster_scores(res, scopes).items() if v is not None}
 
     proposer_ctx = ProposerContext(
-        spec=spec, diagnosis=diagnosis, history=history,
+        spec=spec,
+        diagnosis=diagnosis,
+        history=history,
         max_proposals=spec.learning.budgets.max_proposals_per_session,
         seed=spec.learning.gate.seed + len(ctx.store.sessions(limit=1000)),
-        teacher=ctx.teacher, meter=ctx.meter, evaluate=evaluate_clusters,
+        teacher=ctx.teacher,
+        meter=ctx.meter,
+        evaluate=evaluate_clusters,
         tool_names=ctx.tool_names or await _tool_names(spec, ctx.settings),
     )
     spent = _meter_mark(ctx)
@@ -284,10 +331,17 @@ async def plan(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     proposals = sorted(proposals, key=lambda p: order[risk_tier(p, spec)])
     tiers = [risk_tier(p, spec) for p in proposals]
     ctx.store.add_proposals(sid, proposals, tiers)
-    plan_doc = [{"id": p.id, "target_cluster": p.target_cluster, "tier": t,
-                 "proposer": p.proposer, "rationale": p.rationale,
-                 "ops": [o.model_dump() for o in p.ops]} for p, t in zip(proposals, tiers,
-                                                                         strict=True)]
+    plan_doc = [
+        {
+            "id": p.id,
+            "target_cluster": p.target_cluster,
+            "tier": t,
+            "proposer": p.proposer,
+            "rationale": p.rationale,
+            "ops": [o.model_dump() for o in p.ops],
+        }
+        for p, t in zip(proposals, tiers, strict=True)
+    ]
     (_session_dir(ctx, sid) / "plan.json").write_text(json.dumps(plan_doc, indent=2))
     ctx.emit("plan", proposals=proposals, tiers=tiers)
     return {"proposals": [p.model_dump() for p in proposals], "tiers": tiers, "index": 0}
@@ -322,18 +376,26 @@ async def execute(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         ctx.store.set_proposal(proposal.id, status="pending_review")
         ctx.store.update_session(sid, status="paused")
         ctx.emit("review", proposal=proposal, tier=tier)
-        answer = interrupt({"proposal_id": proposal.id, "tier": tier,
-                            "target": proposal.target_cluster,
-                            "ops": describe_proposal(proposal),
-                            "rationale": proposal.rationale})
+        answer = interrupt(
+            {
+                "proposal_id": proposal.id,
+                "tier": tier,
+                "target": proposal.target_cluster,
+                "ops": describe_proposal(proposal),
+                "rationale": proposal.rationale,
+            }
+        )
         decision = answer if isinstance(answer, dict) else {"approve": bool(answer)}
         approvals[proposal.id] = decision
         ctx.store.update_session(sid, status="running")
         if not decision.get("approve"):
             reason = decision.get("reason") or "rejected in review"
             ctx.store.set_proposal(proposal.id, status="review_rejected", reason=reason)
-            return {"approvals": approvals, "candidate": None,
-                    "decision": {"accepted": False, "reason": reason, "skipped": True}}
+            return {
+                "approvals": approvals,
+                "candidate": None,
+                "decision": {"accepted": False, "reason": reason, "skipped": True},
+            }
         ctx.store.set_proposal(proposal.id, status="approved")
     current = ctx.checkpoints.head_spec()
     ctx.emit("phase", name="execute", proposal=proposal, tier=tier)
@@ -343,11 +405,18 @@ async def execute(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         candidate = apply_proposal(current, proposal)
     except Exception as exc:  # an invalid edit, or training that failed: recorded, not fatal
         if not isinstance(exc, EditError) and type(exc).__name__ not in (
-                "TrainEditError", "TrainingError", "LoraConversionError"):
+            "TrainEditError",
+            "TrainingError",
+            "LoraConversionError",
+        ):
             raise
         ctx.store.set_proposal(proposal.id, status="error", reason=str(exc))
-        return {"approvals": approvals, "candidate": None, **trained,
-                "decision": {"accepted": False, "reason": str(exc), "skipped": True}}
+        return {
+            "approvals": approvals,
+            "candidate": None,
+            **trained,
+            "decision": {"accepted": False, "reason": str(exc), "skipped": True},
+        }
     _, held_out = ctx.split(current)
     before = await ctx.evaluate(current, held_out, "gate: current spec")
     after = await ctx.evaluate(candidate, held_out, f"gate: proposal {proposal.id}")
@@ -356,16 +425,20 @@ async def execute(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     return {
         **trained,
         "approvals": approvals,
-        "candidate": {"before": cluster_scores(before, scopes),
-                      "after": cluster_scores(after, scopes),
-                      "accuracy_before": before.accuracy, "accuracy_after": after.accuracy,
-                      "candidate_hash": candidate.content_hash()},
+        "candidate": {
+            "before": cluster_scores(before, scopes),
+            "after": cluster_scores(after, scopes),
+            "accuracy_before": before.accuracy,
+            "accuracy_after": after.accuracy,
+            "candidate_hash": candidate.content_hash(),
+        },
         "decision": None,
     }
 
 
-async def _train_if_needed(ctx: SearchContext, proposal: Proposal, current: Spec,
-                           state: SearchState) -> tuple[Proposal, dict]:
+async def _train_if_needed(
+    ctx: SearchContext, proposal: Proposal, current: Spec, state: SearchState
+) -> tuple[Proposal, dict]:
     """Train the LoRA of an approved train_lora proposal (once: the trained proposal is
     written back into the session state, so a resumed session does not train again)."""
     import asyncio
@@ -386,8 +459,9 @@ async def _train_if_needed(ctx: SearchContext, proposal: Proposal, current: Spec
     search, _ = ctx.split(current)
     pairs = training_pairs(search, categories)
     ctx.emit("phase", name="train", proposal=proposal, pairs=len(pairs))
-    trained = await asyncio.to_thread(train_for_proposal, proposal, spec=current,
-                                      settings=ctx.settings, pairs=pairs)
+    trained = await asyncio.to_thread(
+        train_for_proposal, proposal, spec=current, settings=ctx.settings, pairs=pairs
+    )
     proposals = list(state["proposals"])
     proposals[state["index"]] = trained.model_dump()
     ctx.store.set_proposal(trained.id, ops=json.dumps([o.model_dump() for o in trained.ops]))
@@ -401,13 +475,18 @@ def gate(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     proposal = Proposal.model_validate(state["proposals"][state["index"]])
     spec = ctx.checkpoints.head_spec()
     cand = state["candidate"]
-    decision = gate_ok(cand["before"], cand["after"], proposal.target_cluster,
-                       spec.learning.gate.eps)
-    ctx.store.set_cluster_scores(state["session_id"], proposal.id, cand["before"],
-                                 cand["after"])
+    decision = gate_ok(
+        cand["before"], cand["after"], proposal.target_cluster, spec.learning.gate.eps
+    )
+    ctx.store.set_cluster_scores(state["session_id"], proposal.id, cand["before"], cand["after"])
     ctx.emit("gate", proposal=proposal, decision=decision)
-    return {"decision": {"accepted": decision.accepted, "reason": decision.reason,
-                         "deltas": decision.deltas()}}
+    return {
+        "decision": {
+            "accepted": decision.accepted,
+            "reason": decision.reason,
+            "deltas": decision.deltas(),
+        }
+    }
 
 
 def record(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
@@ -422,20 +501,31 @@ def record(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         existing = ctx.checkpoints.find_edit(proposal.id)
         if existing is None:
             candidate = apply_proposal(current, proposal)
-            body = (f"{describe_proposal(proposal)}\n\nRationale: {proposal.rationale}\n"
-                    f"Gate: {decision['reason']}")
+            body = (
+                f"{describe_proposal(proposal)}\n\nRationale: {proposal.rationale}\n"
+                f"Gate: {decision['reason']}"
+            )
             from homespun.learning.training.edit import adapters_of
 
-            extra = {f"Adapter-SHA256": a.sha256 for a in adapters_of(proposal)}
+            # One trailer line; several adapters (none today) would be listed comma-separated.
+            hashes = [a.sha256 for a in adapters_of(proposal)]
+            extra = {"Adapter-SHA256": ", ".join(hashes)} if hashes else {}
             sha = ctx.checkpoints.commit_spec(
-                candidate, subject=f"spec search: {proposal.target_cluster} "
-                f"({', '.join(o.op for o in proposal.ops)})", body=body, session_id=sid,
-                edit_id=proposal.id, tier=state["tiers"][i], target=proposal.target_cluster,
-                extra_trailers=extra)
+                candidate,
+                subject=f"spec search: {proposal.target_cluster} "
+                f"({', '.join(o.op for o in proposal.ops)})",
+                body=body,
+                session_id=sid,
+                edit_id=proposal.id,
+                tier=state["tiers"][i],
+                target=proposal.target_cluster,
+                extra_trailers=extra,
+            )
         else:
             sha = existing.sha
-        ctx.store.set_proposal(proposal.id, status="accepted", reason=decision["reason"],
-                               commit_sha=sha)
+        ctx.store.set_proposal(
+            proposal.id, status="accepted", reason=decision["reason"], commit_sha=sha
+        )
         ctx.emit("accepted", proposal=proposal, sha=sha)
     else:
         ctx.store.set_proposal(proposal.id, status="rejected", reason=decision.get("reason", ""))
@@ -455,11 +545,16 @@ async def finalize(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     after = await ctx.evaluate(spec, held_out, "gate: final spec")
     import time
 
-    ctx.store.update_session(sid, status="done", ended_at=time.time(),
-                             spec_hash_after=spec.content_hash(),
-                             gate_score_after=after.accuracy)
-    ctx.emit("session_done", session_id=sid, before=state.get("gate_score_before"),
-             after=after.accuracy)
+    ctx.store.update_session(
+        sid,
+        status="done",
+        ended_at=time.time(),
+        spec_hash_after=spec.content_hash(),
+        gate_score_after=after.accuracy,
+    )
+    ctx.emit(
+        "session_done", session_id=sid, before=state.get("gate_score_before"), after=after.accuracy
+    )
     return {"status": "done", "gate_score_after": after.accuracy}
 
 

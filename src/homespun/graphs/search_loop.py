@@ -53,8 +53,9 @@ def _store(settings: Settings) -> LearningStore:
     return LearningStore(settings.learning_db)
 
 
-def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: BaseChatModel | None
-                       ) -> tuple[BaseChatModel | None, CostMeter]:
+def _teacher_and_meter(
+    spec: Spec, store: LearningStore, teacher: BaseChatModel | None
+) -> tuple[BaseChatModel | None, CostMeter]:
     from homespun.engines.providers import build_teacher
 
     budgets = spec.learning.budgets
@@ -62,11 +63,17 @@ def _teacher_and_meter(spec: Spec, store: LearningStore, teacher: BaseChatModel 
     if teacher is None and name:
         teacher = build_teacher(name)
     if teacher is not None and not name:  # a teacher object handed in: price by its model id
-        name = getattr(teacher, "model", None) or getattr(teacher, "model_name", None) or \
-            type(teacher).__name__
-    meter = CostMeter(session_cap_usd=budgets.max_cost_per_session_usd,
-                      total_cap_usd=budgets.max_total_cost_usd,
-                      spent_before_usd=store.total_cost(), model=name or "none")
+        name = (
+            getattr(teacher, "model", None)
+            or getattr(teacher, "model_name", None)
+            or type(teacher).__name__
+        )
+    meter = CostMeter(
+        session_cap_usd=budgets.max_cost_per_session_usd,
+        total_cap_usd=budgets.max_total_cost_usd,
+        spent_before_usd=store.total_cost(),
+        model=name or "none",
+    )
     return teacher, meter
 
 
@@ -74,8 +81,10 @@ def _proposer(name: str, teacher: BaseChatModel | None) -> Proposer:
     from homespun.learning.proposers import make_proposer
 
     if name == "llm" and teacher is None:
-        raise SearchSetupError("learning.proposer = 'llm' needs a teacher: set learning.teacher "
-                               "(e.g. 'anthropic:claude-opus-4-6') or use --proposer random")
+        raise SearchSetupError(
+            "learning.proposer = 'llm' needs a teacher: set learning.teacher "
+            "(e.g. 'anthropic:claude-opus-4-6') or use --proposer random"
+        )
     return make_proposer(name)
 
 
@@ -103,13 +112,25 @@ def search_context(
     """The run context of one session: the teacher (`teacher`, else the spec's), a cost meter
     for it against the spec's budgets, and the named proposer (errors as SearchSetupError)."""
     t, meter = _teacher_and_meter(spec, _store(settings), teacher)
-    return SearchContext(settings=settings, benchmark=benchmark, proposer=_proposer(proposer, t),
-                         teacher=t, meter=meter, student=student, concurrency=concurrency,
-                         on_event=on_event, tasks=tasks)
+    return SearchContext(
+        settings=settings,
+        benchmark=benchmark,
+        proposer=_proposer(proposer, t),
+        teacher=t,
+        meter=meter,
+        student=student,
+        concurrency=concurrency,
+        on_event=on_event,
+        tasks=tasks,
+    )
 
 
-async def _drive(graph: CompiledStateGraph, inputs: SearchState | Command | None, sid: str,
-                 context: SearchContext) -> dict:
+async def _drive(
+    graph: CompiledStateGraph,
+    inputs: SearchState | Command | None,
+    sid: str,
+    context: SearchContext,
+) -> dict:
     config = {"configurable": {"thread_id": sid}, "recursion_limit": 200}
     return await graph.ainvoke(inputs, config, context=context)
 
@@ -157,9 +178,16 @@ async def run_search(
                 out.stopped_because = "paused for review"
                 return out
             context = search_context(
-                settings, load_spec(settings.spec_path), get_benchmark(row.benchmark, settings),
-                row.proposer, teacher=teacher, student=student, on_event=on_event,
-                concurrency=concurrency, tasks=tasks)
+                settings,
+                load_spec(settings.spec_path),
+                get_benchmark(row.benchmark, settings),
+                row.proposer,
+                teacher=teacher,
+                student=student,
+                on_event=on_event,
+                concurrency=concurrency,
+                tasks=tasks,
+            )
             result = await _drive(graph, None, sid, context)
             out.sessions.append(sid)
             if "__interrupt__" in result:
@@ -177,19 +205,46 @@ async def run_search(
                 out.stopped_because = "total teacher budget spent"
                 break
             chosen = proposer or spec.learning.proposer
-            context = search_context(settings, spec, bench, chosen, teacher=teacher,
-                                     student=student, on_event=on_event,
-                                     concurrency=concurrency, tasks=tasks)
-            sid = store.new_session(benchmark=bench.name, proposer=chosen,
-                                    teacher=spec.learning.teacher, spec_hash=spec.content_hash())
+            context = search_context(
+                settings,
+                spec,
+                bench,
+                chosen,
+                teacher=teacher,
+                student=student,
+                on_event=on_event,
+                concurrency=concurrency,
+                tasks=tasks,
+            )
+            sid = store.new_session(
+                benchmark=bench.name,
+                proposer=chosen,
+                teacher=spec.learning.teacher,
+                spec_hash=spec.content_hash(),
+            )
             out.sessions.append(sid)
             if on_event:
-                on_event("session_start", {"session_id": sid, "benchmark": bench.name,
-                                           "proposer": chosen, "teacher": spec.learning.teacher})
+                on_event(
+                    "session_start",
+                    {
+                        "session_id": sid,
+                        "benchmark": bench.name,
+                        "proposer": chosen,
+                        "teacher": spec.learning.teacher,
+                    },
+                )
             try:
-                result = await _drive(graph, {"session_id": sid, "status": "running",
-                                              "approvals": {}, "diagnosis_only": diagnosis_only},
-                                      sid, context)
+                result = await _drive(
+                    graph,
+                    {
+                        "session_id": sid,
+                        "status": "running",
+                        "approvals": {},
+                        "diagnosis_only": diagnosis_only,
+                    },
+                    sid,
+                    context,
+                )
             except Exception as exc:
                 store.update_session(sid, status="failed", note=f"{type(exc).__name__}: {exc}")
                 raise
@@ -239,17 +294,27 @@ async def decide_review(
     store = _store(settings)
     row = store.proposal(proposal_id)
     if row["status"] != "pending_review":
-        raise SearchSetupError(f"proposal {row['id']} is {row['status']}, not waiting for "
-                               "review (see `homespun learning review`)")
+        raise SearchSetupError(
+            f"proposal {row['id']} is {row['status']}, not waiting for "
+            "review (see `homespun learning review`)"
+        )
     session = store.session(row["session_id"])
     context = search_context(
-        settings, load_spec(settings.spec_path), get_benchmark(session.benchmark, settings),
-        session.proposer, teacher=teacher, student=student, on_event=on_event,
-        concurrency=concurrency, tasks=tasks)
+        settings,
+        load_spec(settings.spec_path),
+        get_benchmark(session.benchmark, settings),
+        session.proposer,
+        teacher=teacher,
+        student=student,
+        on_event=on_event,
+        concurrency=concurrency,
+        tasks=tasks,
+    )
     out = LoopResult(sessions=[session.id])
     async with _graph(settings) as graph:
-        result = await _drive(graph, Command(resume={"approve": approve, "reason": reason}),
-                              session.id, context)
+        result = await _drive(
+            graph, Command(resume={"approve": approve, "reason": reason}), session.id, context
+        )
     if "__interrupt__" in result:
         out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
         out.stopped_because = "paused for review"
@@ -275,8 +340,9 @@ def rollback(settings: Settings, target: str | None = None) -> str:
         pass
     try:
         session = store.session(target)
-        accepted = [p for p in store.proposals(session.id, status="accepted")
-                    if p.get("commit_sha")]
+        accepted = [
+            p for p in store.proposals(session.id, status="accepted") if p.get("commit_sha")
+        ]
         if not accepted:
             raise SearchSetupError(f"session {session.id} has no accepted edit to roll back")
         sha = ""

@@ -62,9 +62,13 @@ class StudioSearchContext:
     def _built(self) -> SearchContext:
         settings = Settings()
         spec = load_spec(settings.spec_path)
-        return search_context(settings, spec, get_benchmark(self.benchmark, settings),
-                              self.proposer or spec.learning.proposer,
-                              concurrency=self.concurrency)
+        return search_context(
+            settings,
+            spec,
+            get_benchmark(self.benchmark, settings),
+            self.proposer or spec.learning.proposer,
+            concurrency=self.concurrency,
+        )
 
 
 def search():

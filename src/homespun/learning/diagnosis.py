@@ -79,13 +79,26 @@ class FailedRun:
 
 # --------------------------------------------------------------------------- signatures
 
-_ARGUMENT_MARKERS = ("validation", "argument", "required", "input should", "missing",
-                     "unexpected keyword")
+_ARGUMENT_MARKERS = (
+    "validation",
+    "argument",
+    "required",
+    "input should",
+    "missing",
+    "unexpected keyword",
+)
 
 # Runs that ended without an answer for a reason other than the turn limit: the run itself
 # failed (engine, tools that would not load, a crash) or was cancelled.
-_RUN_FAILED = frozenset({StopReason.ENGINE_ERROR, StopReason.TOOL_ERROR, StopReason.NO_ANSWER,
-                         StopReason.INTERNAL_ERROR, StopReason.CANCELLED})
+_RUN_FAILED = frozenset(
+    {
+        StopReason.ENGINE_ERROR,
+        StopReason.TOOL_ERROR,
+        StopReason.NO_ANSWER,
+        StopReason.INTERNAL_ERROR,
+        StopReason.CANCELLED,
+    }
+)
 
 
 def _stop_reason(trace: Trace) -> StopReason | None:
@@ -127,26 +140,27 @@ def failure_signature(trace: Trace, grade: Grade, task: Task | None = None) -> s
 def _dominant(signatures: list[str]) -> str:
     """Most common signature; ties go to the earlier one in FailureSignature."""
     counts = Counter(signatures)
-    return min(counts, key=lambda s: (-counts[s], SIGNATURES.index(s)
-                                      if s in SIGNATURES else len(SIGNATURES)))
+    return min(
+        counts,
+        key=lambda s: (-counts[s], SIGNATURES.index(s) if s in SIGNATURES else len(SIGNATURES)),
+    )
 
 
 # --------------------------------------------------------------------------- rules
 
 _GAP_TEMPLATES: dict[str, str] = {
     "no_tool_call": "On {category} tasks the student answers without calling a tool although "
-                    "the task needs one.",
+    "the task needs one.",
     "unknown_tool": "On {category} tasks the student calls tools that do not exist: it does "
-                    "not know the names of the tools it has.",
+    "not know the names of the tools it has.",
     "bad_arguments": "On {category} tasks the student picks a tool but passes arguments the "
-                     "tool rejects.",
+    "tool rejects.",
     "tool_error": "On {category} tasks the student's tool calls run but fail, and it does not "
-                  "recover.",
-    "wrong_answer": "On {category} tasks the student finishes with an answer the grader "
-                    "rejects.",
+    "recover.",
+    "wrong_answer": "On {category} tasks the student finishes with an answer the grader rejects.",
     "turn_limit": "On {category} tasks the student runs out of turns before it answers.",
     "engine_error": "On {category} tasks the run itself errors (engine down or crashed), so "
-                    "the student never answers.",
+    "the student never answers.",
 }
 
 _SIGNATURE_NAMES: dict[str, str] = {
@@ -170,8 +184,9 @@ def _rate(failures: int, total: int) -> float:
     return min(1.0, failures / max(total, failures, 1))
 
 
-def rule_based_diagnosis(failures: list[FailedRun],
-                         totals_by_category: dict[str, int]) -> Diagnosis:
+def rule_based_diagnosis(
+    failures: list[FailedRun], totals_by_category: dict[str, int]
+) -> Diagnosis:
     """One cluster per failing category, deterministic (highest failure rate first, then id)."""
     by_category: dict[str, list[FailedRun]] = defaultdict(list)
     for f in failures:
@@ -183,27 +198,36 @@ def rule_based_diagnosis(failures: list[FailedRun],
         n_sig = signatures.count(signature)
         total = totals_by_category.get(category, 0)
         gap = _GAP_TEMPLATES.get(signature, "On {category} tasks the student fails.").format(
-            category=category)
+            category=category
+        )
         if n_sig < len(runs):
-            gap += f" ({n_sig} of {len(runs)} failing runs; others: " + ", ".join(
-                f"{s} x{c}" for s, c in sorted(Counter(signatures).items()) if s != signature
-            ) + ")"
-        clusters.append(Cluster(
-            id=_rule_cluster_id(category),
-            name=f"{category}: {_SIGNATURE_NAMES.get(signature, signature)}",
-            categories=[category],
-            task_ids=sorted({f.task.id for f in runs}),
-            signature=signature,
-            student_failure_rate=_rate(len(runs), total),
-            teacher_success_rate=None,
-            skill_gap=gap,
-        ))
+            gap += (
+                f" ({n_sig} of {len(runs)} failing runs; others: "
+                + ", ".join(
+                    f"{s} x{c}" for s, c in sorted(Counter(signatures).items()) if s != signature
+                )
+                + ")"
+            )
+        clusters.append(
+            Cluster(
+                id=_rule_cluster_id(category),
+                name=f"{category}: {_SIGNATURE_NAMES.get(signature, signature)}",
+                categories=[category],
+                task_ids=sorted({f.task.id for f in runs}),
+                signature=signature,
+                student_failure_rate=_rate(len(runs), total),
+                teacher_success_rate=None,
+                skill_gap=gap,
+            )
+        )
     clusters.sort(key=lambda c: (-c.student_failure_rate, c.id))
     n_tasks = sum(totals_by_category.values())
     summary = (
         f"Rule-based diagnosis: {len(failures)} failing runs in {len(clusters)} categories"
-        + (f" out of {n_tasks} tasks" if n_tasks else "") + "."
-        if failures else "Rule-based diagnosis: no failing runs."
+        + (f" out of {n_tasks} tasks" if n_tasks else "")
+        + "."
+        if failures
+        else "Rule-based diagnosis: no failing runs."
     )
     return Diagnosis(clusters=clusters, source="rules", summary=summary)
 
@@ -219,12 +243,15 @@ class ReportedCluster(BaseModel):
     id: str = Field(description="Short stable kebab-case id, e.g. 'arithmetic-no-tool'.")
     name: str = Field(description="One-line human name of the failure mode.")
     categories: list[str] = Field(
-        description="Task categories this cluster covers, only from the known categories.")
-    task_ids: list[str] = Field(default_factory=list,
-                                description="Ids of the failing tasks in this cluster.")
+        description="Task categories this cluster covers, only from the known categories."
+    )
+    task_ids: list[str] = Field(
+        default_factory=list, description="Ids of the failing tasks in this cluster."
+    )
     skill_gap: str = Field(
         description="What the student lacks, concretely, in a sentence or two (e.g. 'fails "
-        "multi-step sums because it does not call the calculator tool').")
+        "multi-step sums because it does not call the calculator tool')."
+    )
 
 
 class DiagnosisReport(BaseModel):
@@ -263,8 +290,16 @@ def _run_record(f: FailedRun, signature: str, *, full: bool) -> dict[str, Any]:
         "signature": signature,
         "query": t.query or f.task.query,
         "tool_calls": [
-            {k: v for k, v in (("name", c.name), ("arguments", c.arguments),
-                               ("result", c.result), ("error", c.error)) if v is not None}
+            {
+                k: v
+                for k, v in (
+                    ("name", c.name),
+                    ("arguments", c.arguments),
+                    ("result", c.result),
+                    ("error", c.error),
+                )
+                if v is not None
+            }
             for c in t.tool_calls
         ],
         "final_answer": t.final_answer,
@@ -285,8 +320,13 @@ class _Evidence:
     """What the teacher may see, scrubbed (when asked) before it is clipped, so a clip can
     never cut a secret in half and let the rest through."""
 
-    def __init__(self, eligible: list[FailedRun], all_failures: list[FailedRun],
-                 totals: dict[str, int], scrub: bool):
+    def __init__(
+        self,
+        eligible: list[FailedRun],
+        all_failures: list[FailedRun],
+        totals: dict[str, int],
+        scrub: bool,
+    ):
         self.scrub = scrub
         self.eligible = eligible
         self.signatures = [failure_signature(f.trace, f.grade, f.task) for f in eligible]
@@ -296,11 +336,14 @@ class _Evidence:
         fails: Counter[str] = Counter(f.task.category for f in all_failures)
         self.categories = sorted(set(totals) | set(fails))
         sig_by_cat: dict[str, Counter[str]] = defaultdict(Counter)
-        for f, s in zip(eligible, self.signatures):
+        for f, s in zip(eligible, self.signatures, strict=True):
             sig_by_cat[f.task.category][s] += 1
         self.category_table = {
-            c: {"tasks": max(totals.get(c, 0), fails[c]), "failing_runs": fails[c],
-                "signatures_of_shown_runs": dict(sorted(sig_by_cat[c].items()))}
+            c: {
+                "tasks": max(totals.get(c, 0), fails[c]),
+                "failing_runs": fails[c],
+                "signatures_of_shown_runs": dict(sorted(sig_by_cat[c].items())),
+            }
             for c in self.categories
         }
         self.withheld = len(all_failures) - len(eligible)
@@ -309,11 +352,16 @@ class _Evidence:
         return scrub_obj(obj) if self.scrub else obj
 
     def digest(self) -> str:
-        runs = [self._private(_run_record(f, s, full=False))
-                for f, s in zip(self.eligible[:DIGEST_MAX_RUNS], self.signatures)]
-        more = [{"task_id": f.task.id, "category": f.task.category, "signature": s}
-                for f, s in zip(self.eligible[DIGEST_MAX_RUNS:],
-                                self.signatures[DIGEST_MAX_RUNS:])]
+        runs = [
+            self._private(_run_record(f, s, full=False))
+            for f, s in zip(self.eligible[:DIGEST_MAX_RUNS], self.signatures, strict=False)
+        ]
+        more = [
+            {"task_id": f.task.id, "category": f.task.category, "signature": s}
+            for f, s in zip(
+                self.eligible[DIGEST_MAX_RUNS:], self.signatures[DIGEST_MAX_RUNS:], strict=True
+            )
+        ]
         data: dict[str, Any] = {
             "categories": self.category_table,
             "failing_runs": _clip_obj(runs, DIGEST_FIELD_CHARS),
@@ -331,8 +379,9 @@ class _Evidence:
         if not idx:
             known = ", ".join(sorted(self.by_task)[:50])
             return f"Error: no failing run of task {task_id!r} to show. Failing tasks: {known}"
-        runs = [self._private(_run_record(self.eligible[i], self.signatures[i], full=True))
-                for i in idx]
+        runs = [
+            self._private(_run_record(self.eligible[i], self.signatures[i], full=True)) for i in idx
+        ]
         text = json.dumps(_clip_obj(runs, SHOW_FIELD_CHARS), ensure_ascii=False, default=str)
         return _clip(text, SHOW_MAX_CHARS) or ""
 
@@ -344,13 +393,19 @@ class _Evidence:
         if not needle:
             return "Error: give a non-empty text to search for."
         hits = []
-        for f, s in zip(self.eligible, self.signatures):
-            blob = json.dumps(self._private(_run_record(f, s, full=True)), ensure_ascii=False,
-                              default=str)
+        for f, s in zip(self.eligible, self.signatures, strict=True):
+            blob = json.dumps(
+                self._private(_run_record(f, s, full=True)), ensure_ascii=False, default=str
+            )
             pos = blob.lower().find(needle)
             if pos >= 0:
-                hits.append({"task_id": f.task.id, "category": f.task.category,
-                             "context": blob[max(0, pos - 80): pos + len(needle) + 80]})
+                hits.append(
+                    {
+                        "task_id": f.task.id,
+                        "category": f.task.category,
+                        "context": blob[max(0, pos - 80) : pos + len(needle) + 80],
+                    }
+                )
         return json.dumps({"matches": len(hits), "runs": hits[:30]}, ensure_ascii=False)
 
     def run(self, name: str, args: dict[str, Any]) -> str:
@@ -385,12 +440,16 @@ def _tools(evidence: _Evidence) -> tuple[list[StructuredTool], StructuredTool]:
     def report_diagnosis(**kwargs: Any) -> str:
         return "reported"
 
-    read_only = [StructuredTool.from_function(func=f, description=" ".join(f.__doc__.split()))
-                 for f in (show_trace, list_categories, search_traces)]
+    read_only = [
+        StructuredTool.from_function(func=f, description=" ".join(f.__doc__.split()))
+        for f in (show_trace, list_categories, search_traces)
+    ]
     report = StructuredTool.from_function(
-        func=report_diagnosis, name=REPORT_TOOL, args_schema=DiagnosisReport,
+        func=report_diagnosis,
+        name=REPORT_TOOL,
+        args_schema=DiagnosisReport,
         description="Report the final diagnosis: the failure clusters. Call exactly once, "
-                    "at the end.",
+        "at the end.",
     )
     return read_only, report
 
@@ -412,8 +471,9 @@ You may call the read-only tools show_trace, list_categories and search_traces, 
 cluster must come from this list: {categories}. Use the task ids of the failing runs. Do not \
 estimate failure rates: they are computed from the data."""
 
-_NUDGE_BUDGET = ("The budget of {n} tool calls is spent. Call report_diagnosis now with your "
-                 "clusters.")
+_NUDGE_BUDGET = (
+    "The budget of {n} tool calls is spent. Call report_diagnosis now with your clusters."
+)
 _NUDGE_REPORT = "Call report_diagnosis now with your clusters; reply with that tool call only."
 
 
@@ -428,12 +488,14 @@ def _status_code(exc: BaseException) -> int | None:
     return None
 
 
-async def _call_with_retries(model: Any, messages: list[BaseMessage], meter: CostMeter, *,
-                             tools: list[dict], max_out: int) -> AIMessage:
+async def _call_with_retries(
+    model: Any, messages: list[BaseMessage], meter: CostMeter, *, tools: list[dict], max_out: int
+) -> AIMessage:
     for attempt in range(len(RETRY_DELAYS_S) + 1):
         try:
-            return await metered_call(meter, model, messages, tools=tools,
-                                      max_output_tokens=max_out)
+            return await metered_call(
+                meter, model, messages, tools=tools, max_output_tokens=max_out
+            )
         except Exception as exc:
             if _status_code(exc) in _TRANSIENT_STATUS and attempt < len(RETRY_DELAYS_S):
                 await asyncio.sleep(RETRY_DELAYS_S[attempt])
@@ -446,15 +508,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48].strip("-")
 
 
-def _clusters_from_report(report: DiagnosisReport, evidence: _Evidence,
-                          all_failures: list[FailedRun],
-                          totals: dict[str, int]) -> tuple[list[Cluster], list[str]]:
+def _clusters_from_report(
+    report: DiagnosisReport,
+    evidence: _Evidence,
+    all_failures: list[FailedRun],
+    totals: dict[str, int],
+) -> tuple[list[Cluster], list[str]]:
     notes: list[str] = []
     known = set(evidence.categories)
     fails_by_cat = Counter(f.task.category for f in all_failures)
     shown = {f.task.id: f.task.category for f in evidence.eligible}
     sig_by_task: dict[str, list[str]] = defaultdict(list)
-    for f, s in zip(evidence.eligible, evidence.signatures):
+    for f, s in zip(evidence.eligible, evidence.signatures, strict=True):
         sig_by_task[f.task.id].append(s)
     clusters: list[Cluster] = []
     used_ids = {REST_CLUSTER_ID}
@@ -464,9 +529,11 @@ def _clusters_from_report(report: DiagnosisReport, evidence: _Evidence,
         unknown = [c for c in categories if c not in known]
         categories = [c for c in categories if c in known]
         if unknown:
-            notes.append(f"Cluster {label!r}: dropped unknown categories "
-                         f"{', '.join(repr(c) for c in unknown)} (known: "
-                         f"{', '.join(sorted(known))}).")
+            notes.append(
+                f"Cluster {label!r}: dropped unknown categories "
+                f"{', '.join(repr(c) for c in unknown)} (known: "
+                f"{', '.join(sorted(known))})."
+            )
         if not categories:
             notes.append(f"Cluster {label!r} dropped: it names no known category.")
             continue
@@ -478,8 +545,10 @@ def _clusters_from_report(report: DiagnosisReport, evidence: _Evidence,
             else:
                 dropped.append(tid)
         if dropped:
-            notes.append(f"Cluster {label!r}: ignored task ids that are not failing tasks of its "
-                         f"categories: {', '.join(dropped)}.")
+            notes.append(
+                f"Cluster {label!r}: ignored task ids that are not failing tasks of its "
+                f"categories: {', '.join(dropped)}."
+            )
         if not task_ids:
             task_ids = sorted({tid for tid, cat in shown.items() if cat in categories})
         signatures = [s for tid in task_ids for s in sig_by_task.get(tid, [])]
@@ -490,16 +559,18 @@ def _clusters_from_report(report: DiagnosisReport, evidence: _Evidence,
         used_ids.add(cid)
         n_fail = sum(fails_by_cat[c] for c in categories)
         n_total = sum(max(totals.get(c, 0), fails_by_cat[c]) for c in categories)
-        clusters.append(Cluster(
-            id=cid,
-            name=rc.name.strip() or cid,
-            categories=categories,
-            task_ids=task_ids,
-            signature=_dominant(signatures) if signatures else "",
-            student_failure_rate=_rate(n_fail, n_total),
-            teacher_success_rate=None,
-            skill_gap=rc.skill_gap.strip(),
-        ))
+        clusters.append(
+            Cluster(
+                id=cid,
+                name=rc.name.strip() or cid,
+                categories=categories,
+                task_ids=task_ids,
+                signature=_dominant(signatures) if signatures else "",
+                student_failure_rate=_rate(n_fail, n_total),
+                teacher_success_rate=None,
+                skill_gap=rc.skill_gap.strip(),
+            )
+        )
     return clusters, notes
 
 
@@ -509,7 +580,7 @@ def _report_in_text(reply: AIMessage) -> DiagnosisReport | None:
     if start < 0 or end <= start:
         return None
     try:
-        data = json.loads(text[start:end + 1])
+        data = json.loads(text[start : end + 1])
         if isinstance(data, dict) and "clusters" not in data and "args" in data:
             data = data["args"]  # {"name": "report_diagnosis", "args": {...}}
         return DiagnosisReport.model_validate(data)
@@ -517,9 +588,9 @@ def _report_in_text(reply: AIMessage) -> DiagnosisReport | None:
         return None
 
 
-async def _explore_and_report(*, evidence: _Evidence, teacher: BaseChatModel,
-                              meter: CostMeter, max_tool_calls: int
-                              ) -> tuple[DiagnosisReport | None, list[str], int, int]:
+async def _explore_and_report(
+    *, evidence: _Evidence, teacher: BaseChatModel, meter: CostMeter, max_tool_calls: int
+) -> tuple[DiagnosisReport | None, list[str], int, int]:
     """The teacher conversation. Returns (report or None, notes, model calls, tool calls)."""
     read_only, report_tool = _tools(evidence)
     explore = teacher.bind_tools([*read_only, report_tool], tool_choice="any")
@@ -528,29 +599,40 @@ async def _explore_and_report(*, evidence: _Evidence, teacher: BaseChatModel,
     explore_schemas = [*(convert_to_openai_tool(t) for t in read_only), *final_schemas]
     max_out = max_output_tokens(teacher)
     messages: list[BaseMessage] = [
-        SystemMessage(_SYSTEM.format(max_tool_calls=max_tool_calls,
-                                     categories=", ".join(evidence.categories))),
+        SystemMessage(
+            _SYSTEM.format(max_tool_calls=max_tool_calls, categories=", ".join(evidence.categories))
+        ),
         HumanMessage("Failing runs of the student (JSON digest):\n" + evidence.digest()),
     ]
     notes: list[str] = []
     used = strikes = model_calls = 0
     while strikes < REPORT_ATTEMPTS or model_calls == 0:
         forced = used >= max_tool_calls or strikes > 0
-        reply = await _call_with_retries(final if forced else explore, messages, meter,
-                                         tools=final_schemas if forced else explore_schemas,
-                                         max_out=max_out)
+        reply = await _call_with_retries(
+            final if forced else explore,
+            messages,
+            meter,
+            tools=final_schemas if forced else explore_schemas,
+            max_out=max_out,
+        )
         model_calls += 1
         messages.append(reply)
         calls = reply.tool_calls or []
         report_calls = [c for c in calls if c["name"] == REPORT_TOOL]
         if report_calls:
             try:
-                return DiagnosisReport.model_validate(report_calls[0]["args"]), notes, \
-                    model_calls, used
+                return (
+                    DiagnosisReport.model_validate(report_calls[0]["args"]),
+                    notes,
+                    model_calls,
+                    used,
+                )
             except ValidationError as exc:
                 strikes += 1
-                notes.append(f"The teacher's report_diagnosis arguments were invalid: "
-                             f"{exc.error_count()} errors.")
+                notes.append(
+                    f"The teacher's report_diagnosis arguments were invalid: "
+                    f"{exc.error_count()} errors."
+                )
         elif not calls:
             # Models that ignore tool choice (some local ones) may write the report as JSON.
             written = _report_in_text(reply)
@@ -563,25 +645,33 @@ async def _explore_and_report(*, evidence: _Evidence, teacher: BaseChatModel,
         for call in calls:
             name, call_id = call["name"], call.get("id") or ""
             if name == REPORT_TOOL:
-                content = ("Error: the arguments do not match the schema. Call report_diagnosis "
-                           "again with valid arguments.")
+                content = (
+                    "Error: the arguments do not match the schema. Call report_diagnosis "
+                    "again with valid arguments."
+                )
             elif name in READ_ONLY_TOOLS and not forced and used < max_tool_calls:
                 content = evidence.run(name, call.get("args") or {})
                 used += 1
                 ran += 1
             elif name in READ_ONLY_TOOLS:
-                content = (f"Not run: the budget of {max_tool_calls} tool calls is spent. Call "
-                           "report_diagnosis now.")
+                content = (
+                    f"Not run: the budget of {max_tool_calls} tool calls is spent. Call "
+                    "report_diagnosis now."
+                )
             else:
-                content = (f"Error: unknown tool {name!r}. Tools: "
-                           f"{', '.join((*READ_ONLY_TOOLS, REPORT_TOOL))}.")
+                content = (
+                    f"Error: unknown tool {name!r}. Tools: "
+                    f"{', '.join((*READ_ONLY_TOOLS, REPORT_TOOL))}."
+                )
             messages.append(ToolMessage(content=content, tool_call_id=call_id, name=name))
         if not report_calls and ran == 0:
             strikes += 1
         if not forced and used >= max_tool_calls:
             messages.append(HumanMessage(_NUDGE_BUDGET.format(n=max_tool_calls)))
-    notes.append(f"The teacher gave no valid report_diagnosis call after {model_calls} calls "
-                 f"({used} tool calls).")
+    notes.append(
+        f"The teacher gave no valid report_diagnosis call after {model_calls} calls "
+        f"({used} tool calls)."
+    )
     return None, notes, model_calls, used
 
 
@@ -614,54 +704,76 @@ async def teacher_diagnosis(
     calls_before, spent_before = meter.calls, meter.spent_usd
     notes: list[str] = []
     if evidence.withheld:
-        notes.append(f"{evidence.withheld} failing run(s) marked sensitive were not shown to the "
-                     "teacher; they count in the failure rates.")
+        notes.append(
+            f"{evidence.withheld} failing run(s) marked sensitive were not shown to the "
+            "teacher; they count in the failure rates."
+        )
     stats = {"model_calls": 0, "tool_calls": 0}
     if not failures:
         diagnosis = rule_based_diagnosis(failures, totals_by_category)
         notes.append("No failing runs: nothing to diagnose, the teacher was not called.")
     elif not eligible:
         diagnosis = rule_based_diagnosis(failures, totals_by_category)
-        notes.append("Every failing run is sensitive: the teacher was not called; the rules "
-                     "diagnosed locally.")
+        notes.append(
+            "Every failing run is sensitive: the teacher was not called; the rules "
+            "diagnosed locally."
+        )
     else:
         report, more, stats["model_calls"], stats["tool_calls"] = await _explore_and_report(
-            evidence=evidence, teacher=teacher, meter=meter, max_tool_calls=max_tool_calls)
+            evidence=evidence, teacher=teacher, meter=meter, max_tool_calls=max_tool_calls
+        )
         notes += more
         clusters: list[Cluster] = []
         if report is not None:
-            clusters, more = _clusters_from_report(report, evidence, failures,
-                                                   totals_by_category)
+            clusters, more = _clusters_from_report(report, evidence, failures, totals_by_category)
             notes += more
         if clusters:
-            diagnosis = Diagnosis(clusters=clusters, source="teacher",
-                                  summary=report.summary.strip() if report else "")
+            diagnosis = Diagnosis(
+                clusters=clusters,
+                source="teacher",
+                summary=report.summary.strip() if report else "",
+            )
         else:
             if report is not None:
                 notes.append("The teacher's report had no usable cluster.")
             notes.append("Falling back to the rule-based diagnosis.")
             diagnosis = rule_based_diagnosis(failures, totals_by_category)
         if rerun is not None and diagnosis.clusters:
-            notes += await _measure_teacher(diagnosis, evidence, meter=meter, rerun=rerun,
-                                            per_cluster=rerun_per_cluster, scrub=scrub)
+            notes += await _measure_teacher(
+                diagnosis,
+                evidence,
+                meter=meter,
+                rerun=rerun,
+                per_cluster=rerun_per_cluster,
+                scrub=scrub,
+            )
     cost = meter.spent_usd - spent_before
     calls = meter.calls - calls_before
     narrative = render_diagnosis(
-        diagnosis, notes=notes,
-        header=[f"Teacher: `{meter.model}`; {calls} teacher call(s) recorded "
-                f"(diagnosis: {stats['model_calls']} model call(s), {stats['tool_calls']} "
-                f"tool call(s) of {max_tool_calls}); cost ${cost:.4f}"
-                + ("" if meter.price_known else " (unknown model: charged at the highest "
-                                                "known price)") + ".",
-                f"Failing runs: {len(failures)} ({len(eligible)} shown to the teacher, "
-                f"{'scrubbed' if scrub else 'NOT scrubbed'})."],
+        diagnosis,
+        notes=notes,
+        header=[
+            f"Teacher: `{meter.model}`; {calls} teacher call(s) recorded "
+            f"(diagnosis: {stats['model_calls']} model call(s), {stats['tool_calls']} "
+            f"tool call(s) of {max_tool_calls}); cost ${cost:.4f}"
+            + ("" if meter.price_known else " (unknown model: charged at the highest known price)")
+            + ".",
+            f"Failing runs: {len(failures)} ({len(eligible)} shown to the teacher, "
+            f"{'scrubbed' if scrub else 'NOT scrubbed'}).",
+        ],
     )
     return diagnosis, narrative
 
 
-async def _measure_teacher(diagnosis: Diagnosis, evidence: _Evidence, *, meter: CostMeter,
-                           rerun: Callable[[list[Task]], Awaitable[dict[str, bool]]],
-                           per_cluster: int, scrub: bool) -> list[str]:
+async def _measure_teacher(
+    diagnosis: Diagnosis,
+    evidence: _Evidence,
+    *,
+    meter: CostMeter,
+    rerun: Callable[[list[Task]], Awaitable[dict[str, bool]]],
+    per_cluster: int,
+    scrub: bool,
+) -> list[str]:
     notes: list[str] = []
     tasks_by_id: dict[str, Task] = {}
     for f in evidence.eligible:
@@ -669,9 +781,10 @@ async def _measure_teacher(diagnosis: Diagnosis, evidence: _Evidence, *, meter: 
     chosen: dict[str, list[str]] = {}
     for c in diagnosis.clusters:
         ids = [t for t in c.task_ids if t in tasks_by_id]
-        ids += sorted(t for t, task in tasks_by_id.items()
-                      if task.category in c.categories and t not in ids)
-        chosen[c.id] = ids[:max(0, per_cluster)]
+        ids += sorted(
+            t for t, task in tasks_by_id.items() if task.category in c.categories and t not in ids
+        )
+        chosen[c.id] = ids[: max(0, per_cluster)]
     batch_ids = list(dict.fromkeys(t for ids in chosen.values() for t in ids))
     if not batch_ids:
         return notes
@@ -689,11 +802,15 @@ async def _measure_teacher(diagnosis: Diagnosis, evidence: _Evidence, *, meter: 
     calls_before = meter.calls
     results = await rerun(batch)
     if meter.calls == calls_before and not meter.free:
-        notes.append("Warning: the teacher re-run recorded no teacher call on the cost meter; "
-                     "its cost is missing from the totals above.")
+        notes.append(
+            "Warning: the teacher re-run recorded no teacher call on the cost meter; "
+            "its cost is missing from the totals above."
+        )
     if altered:
-        notes.append(f"{altered} re-run task(s) had private data scrubbed from the query; the "
-                     "teacher success rate may be understated for them.")
+        notes.append(
+            f"{altered} re-run task(s) had private data scrubbed from the query; the "
+            "teacher success rate may be understated for them."
+        )
     for c in diagnosis.clusters:
         ids = chosen[c.id]
         if ids:
@@ -710,8 +827,12 @@ def _pct(x: float | None) -> str:
     return "not measured" if x is None else f"{x:.0%}"
 
 
-def render_diagnosis(diagnosis: Diagnosis, *, notes: list[str] | tuple[str, ...] = (),
-                     header: list[str] | tuple[str, ...] = ()) -> str:
+def render_diagnosis(
+    diagnosis: Diagnosis,
+    *,
+    notes: list[str] | tuple[str, ...] = (),
+    header: list[str] | tuple[str, ...] = (),
+) -> str:
     """Markdown for diagnosis.md: summary, a per-cluster table, skill gaps, notes."""
     lines = [f"# Diagnosis ({'teacher' if diagnosis.source == 'teacher' else 'rule-based'})", ""]
     lines += [f"- {h}" for h in header]
@@ -720,13 +841,17 @@ def render_diagnosis(diagnosis: Diagnosis, *, notes: list[str] | tuple[str, ...]
     if diagnosis.summary:
         lines += [diagnosis.summary, ""]
     if diagnosis.clusters:
-        lines += ["| cluster | categories | student failure rate | teacher success rate | "
-                  "signature | failing tasks |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| cluster | categories | student failure rate | teacher success rate | "
+            "signature | failing tasks |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in diagnosis.clusters:
-            lines.append(f"| `{c.id}` {c.name} | {', '.join(c.categories)} | "
-                         f"{_pct(c.student_failure_rate)} | {_pct(c.teacher_success_rate)} | "
-                         f"{c.signature or '-'} | {len(c.task_ids)} |")
+            lines.append(
+                f"| `{c.id}` {c.name} | {', '.join(c.categories)} | "
+                f"{_pct(c.student_failure_rate)} | {_pct(c.teacher_success_rate)} | "
+                f"{c.signature or '-'} | {len(c.task_ids)} |"
+            )
         lines.append("")
         lines.append("## Skill gaps")
         lines.append("")

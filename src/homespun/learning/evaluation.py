@@ -1,26 +1,24 @@
 """Run the assistant of a spec over benchmark tasks, grade each run, cache the outcomes.
 
-Rules (ARCHITECTURE.md, "The gate"): a run that errors is a failure, never dropped; outcomes are cached by
-(spec hash, benchmark + version, task id, repeat), so an unchanged spec is never re-run;
-every run leaves a trace (source 'eval:<benchmark>').
+Rules (ARCHITECTURE.md, "The gate"): a run that errors is a failure, never dropped; outcomes
+are cached by (spec hash, benchmark + version, task id, repeat), so an unchanged spec is never
+re-run; every run leaves a trace (source 'eval:<benchmark>').
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from langchain_core.language_models import BaseChatModel
 
 from homespun.graphs.runner import run_assistant
 from homespun.learning.tasks import Benchmark, Grade, Task
+from homespun.spec import Settings, Spec
 from homespun.stores.eval_cache import EvalCache, TaskOutcome
 from homespun.stores.traces import TraceStore
-from homespun.spec import Settings, Spec
 
 StudentFactory = Callable[[Spec], BaseChatModel]
 ProgressCallback = Callable[["TaskOutcome"], None]
@@ -51,16 +49,28 @@ class EvalResult:
         return sum(o.latency_s for o in self.outcomes) / max(len(self.outcomes), 1)
 
 
-async def _run_one(spec: Spec, settings: Settings, benchmark: Benchmark, task: Task,
-                   repeat: int, store: TraceStore, student: StudentFactory | None
-                   ) -> TaskOutcome:
+async def _run_one(
+    spec: Spec,
+    settings: Settings,
+    benchmark: Benchmark,
+    task: Task,
+    repeat: int,
+    store: TraceStore,
+    student: StudentFactory | None,
+) -> TaskOutcome:
     model = student(spec) if student else None
     started = time.perf_counter()
     try:
         async with benchmark.environment(task, spec, settings) as env:
             result = await run_assistant(
-                spec, settings, task.query, model=model, tools=env.tools, store=store,
-                source=f"eval:{benchmark.name}", persist=False,
+                spec,
+                settings,
+                task.query,
+                model=model,
+                tools=env.tools,
+                store=store,
+                source=f"eval:{benchmark.name}",
+                persist=False,
             )
             trace = result.trace
             if trace.status == "ok":
@@ -72,18 +82,38 @@ async def _run_one(spec: Spec, settings: Settings, benchmark: Benchmark, task: T
                 grade = Grade(False, 0.0, f"run failed: {trace.error}")
     except Exception as exc:  # the environment itself failed to open
         return TaskOutcome(
-            task_id=task.id, category=task.category, repeat=repeat, success=False, score=0.0,
-            reason=f"environment error: {type(exc).__name__}: {exc}", trace_id="",
-            status="error", error=str(exc), answer=None,
-            latency_s=round(time.perf_counter() - started, 4), prompt_tokens=0,
-            completion_tokens=0, tool_calls=0,
+            task_id=task.id,
+            category=task.category,
+            repeat=repeat,
+            success=False,
+            score=0.0,
+            reason=f"environment error: {type(exc).__name__}: {exc}",
+            trace_id="",
+            status="error",
+            error=str(exc),
+            answer=None,
+            latency_s=round(time.perf_counter() - started, 4),
+            prompt_tokens=0,
+            completion_tokens=0,
+            tool_calls=0,
         )
     return TaskOutcome(
-        task_id=task.id, category=task.category, repeat=repeat, success=grade.success,
-        score=float(grade.score), reason=grade.reason, trace_id=trace.id, status=trace.status,
-        error=trace.error, answer=trace.final_answer, latency_s=trace.latency_s or 0.0,
-        prompt_tokens=trace.prompt_tokens, completion_tokens=trace.completion_tokens,
-        tool_calls=len(trace.tool_calls), energy_j=trace.energy_j, cost_usd=trace.cost_usd,
+        task_id=task.id,
+        category=task.category,
+        repeat=repeat,
+        success=grade.success,
+        score=float(grade.score),
+        reason=grade.reason,
+        trace_id=trace.id,
+        status=trace.status,
+        error=trace.error,
+        answer=trace.final_answer,
+        latency_s=trace.latency_s or 0.0,
+        prompt_tokens=trace.prompt_tokens,
+        completion_tokens=trace.completion_tokens,
+        tool_calls=len(trace.tool_calls),
+        energy_j=trace.energy_j,
+        cost_usd=trace.cost_usd,
     )
 
 

@@ -96,17 +96,21 @@ class GateDecision:
         }
 
 
-def gate_ok(before: dict[str, float | None], after: dict[str, float | None], target: str,
-            eps: float) -> GateDecision:
+def gate_ok(
+    before: dict[str, float | None], after: dict[str, float | None], target: str, eps: float
+) -> GateDecision:
     """GateOK exactly: the target strictly improves and no other cluster drops > eps."""
     g_before, g_after = before.get(target), after.get(target)
     if g_before is None or g_after is None:
-        return GateDecision(False, target, before, after, eps,
-                            f"no held-out task covers cluster {target!r}")
+        return GateDecision(
+            False, target, before, after, eps, f"no held-out task covers cluster {target!r}"
+        )
     regressions = {
         c: round(before[c] - after[c], 4)  # type: ignore[operator]
         for c in before
-        if c != target and before[c] is not None and after.get(c) is not None
+        if c != target
+        and before[c] is not None
+        and after.get(c) is not None
         and after[c] < before[c] - eps  # type: ignore[operator]
     }
     if not g_after > g_before:
@@ -114,9 +118,17 @@ def gate_ok(before: dict[str, float | None], after: dict[str, float | None], tar
         return GateDecision(False, target, before, after, eps, reason, regressions)
     if regressions:
         worst = ", ".join(f"{c} -{d:.3f}" for c, d in sorted(regressions.items()))
-        reason = (f"target {target!r} improved ({g_before:.3f} -> {g_after:.3f}) but other "
-                  f"clusters dropped by more than eps={eps}: {worst}")
+        reason = (
+            f"target {target!r} improved ({g_before:.3f} -> {g_after:.3f}) but other "
+            f"clusters dropped by more than eps={eps}: {worst}"
+        )
         return GateDecision(False, target, before, after, eps, reason, regressions)
-    return GateDecision(True, target, before, after, eps,
-                        f"target {target!r} improved {g_before:.3f} -> {g_after:.3f}; "
-                        f"no other cluster dropped by more than {eps}")
+    return GateDecision(
+        True,
+        target,
+        before,
+        after,
+        eps,
+        f"target {target!r} improved {g_before:.3f} -> {g_after:.3f}; "
+        f"no other cluster dropped by more than {eps}",
+    )

@@ -228,8 +228,9 @@ def scrub_obj(obj: T) -> T:
     if isinstance(obj, (set, frozenset)):
         return type(obj)(scrub_obj(v) for v in obj)  # type: ignore[return-value]
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: scrub_obj(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                   if f.init}
+        changes = {
+            f.name: scrub_obj(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init
+        }
         return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
     if isinstance(obj, BaseModel):
         update = {name: scrub_obj(getattr(obj, name)) for name in type(obj).model_fields}

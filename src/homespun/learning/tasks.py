@@ -15,8 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from langchain_core.tools import BaseTool
 
-from homespun.stores.traces import Trace
 from homespun.spec import Settings, Spec
+from homespun.stores.traces import Trace
 
 
 @dataclass(frozen=True)

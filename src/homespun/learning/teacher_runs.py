@@ -35,20 +35,37 @@ class MeteredChatModel(BaseChatModel):
         return "metered"
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> MeteredChatModel:
-        return MeteredChatModel(inner=self.inner.bind_tools(tools, **kwargs), meter=self.meter,
-                                max_output_tokens=self.max_output_tokens,
-                                bound_tools=[convert_to_openai_tool(t) for t in tools])
+        return MeteredChatModel(
+            inner=self.inner.bind_tools(tools, **kwargs),
+            meter=self.meter,
+            max_output_tokens=self.max_output_tokens,
+            bound_tools=[convert_to_openai_tool(t) for t in tools],
+        )
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
-        reply = metered_call_sync(self.meter, self.inner, messages, tools=self.bound_tools,
-                                  max_output_tokens=self.max_output_tokens, **kwargs)
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        reply = metered_call_sync(
+            self.meter,
+            self.inner,
+            messages,
+            tools=self.bound_tools,
+            max_output_tokens=self.max_output_tokens,
+            **kwargs,
+        )
         return ChatResult(generations=[ChatGeneration(message=_ai(reply))])
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: Any = None,
-                         run_manager: Any = None, **kwargs: Any) -> ChatResult:
-        reply = await metered_call(self.meter, self.inner, messages, tools=self.bound_tools,
-                                   max_output_tokens=self.max_output_tokens, **kwargs)
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        reply = await metered_call(
+            self.meter,
+            self.inner,
+            messages,
+            tools=self.bound_tools,
+            max_output_tokens=self.max_output_tokens,
+            **kwargs,
+        )
         return ChatResult(generations=[ChatGeneration(message=_ai(reply))])
 
 
@@ -56,8 +73,9 @@ def _ai(reply: Any) -> AIMessage:
     return reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply))
 
 
-def teacher_rerun(*, teacher: BaseChatModel, meter: Any, spec: Spec, settings: Settings,
-                  benchmark: Benchmark):
+def teacher_rerun(
+    *, teacher: BaseChatModel, meter: Any, spec: Spec, settings: Settings, benchmark: Benchmark
+):
     """The `rerun` callable for teacher_diagnosis: task id -> did the teacher succeed."""
 
     async def rerun(tasks: list[Task]) -> dict[str, bool]:

@@ -418,7 +418,9 @@ def create_core_server(
     read_only = {"readOnlyHint": True, "openWorldHint": False}
 
     def calculator(
-        expression: Annotated[str, Field(description="The arithmetic to compute, written with numbers and operators.")],
+        expression: Annotated[
+            str, Field(description="The arithmetic to compute, written with numbers and operators.")
+        ],
     ) -> str:
         try:
             return calculate(expression)
@@ -479,9 +481,9 @@ def create_core_server(
         (read_file, read_only),
         (search_files, read_only),
     )
-    for fn, annotations in tools:
+    for fn, hints in tools:
         name = fn.__name__
-        server.tool(fn, name=name, description=described[name], annotations=annotations)
+        server.tool(fn, name=name, description=described[name], annotations=hints)
     return server
 
 

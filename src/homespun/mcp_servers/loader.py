@@ -82,8 +82,9 @@ def connection_for(server: ToolServerSpec, index: int) -> dict[str, Any]:
     raise ValueError(f"{where} is built in, it has no connection")
 
 
-def apply_server_spec(server: ToolServerSpec, index: int,
-                      offered: list[BaseTool]) -> list[BaseTool]:
+def apply_server_spec(
+    server: ToolServerSpec, index: int, offered: list[BaseTool]
+) -> list[BaseTool]:
     names = {t.name for t in offered}
     where = f"tools.servers[{index}]"
     listed = ", ".join(sorted(names)) or "no tools"
@@ -143,8 +144,9 @@ class ServerSource:
                 yield client.session
 
 
-def server_source(server: ToolServerSpec, index: int, spec: Spec,
-                  settings: Settings) -> ServerSource:
+def server_source(
+    server: ToolServerSpec, index: int, spec: Spec, settings: Settings
+) -> ServerSource:
     """The source of `spec.tools.servers[index]`. Blocking (a built-in server opens its files
     and databases here): async callers run it in a thread."""
     if server.kind != "builtin":
@@ -198,8 +200,9 @@ async def _starting(server: ToolServerSpec, index: int) -> AsyncIterator[None]:
         ) from exc
 
 
-def _add_tools(loaded: LoadedTools, server: ToolServerSpec, index: int,
-               offered: list[BaseTool]) -> None:
+def _add_tools(
+    loaded: LoadedTools, server: ToolServerSpec, index: int, offered: list[BaseTool]
+) -> None:
     for tool in apply_server_spec(server, index, offered):
         if tool.name in loaded.server_of:
             raise ToolLoadError(
@@ -213,8 +216,7 @@ def _add_tools(loaded: LoadedTools, server: ToolServerSpec, index: int,
         loaded.sensitive_servers.add(server.name)
 
 
-async def _load_tools(spec: Spec, settings: Settings, hold: AsyncExitStack | None
-                      ) -> LoadedTools:
+async def _load_tools(spec: Spec, settings: Settings, hold: AsyncExitStack | None) -> LoadedTools:
     """Start every server of the spec and collect the model's tools. With `hold`, each
     server's one session stays open on it and the tools call through it; without, the
     session closes once the tools are listed and every call opens its own."""
@@ -231,7 +233,8 @@ async def _load_tools(spec: Spec, settings: Settings, hold: AsyncExitStack | Non
             else:
                 async with source.session() as session:
                     offered = await load_mcp_tools(
-                        session, server_name=server.name,
+                        session,
+                        server_name=server.name,
                         tool_interceptors=[_SessionPerCall(source)],
                     )
         _add_tools(loaded, server, index, offered)

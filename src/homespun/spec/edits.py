@@ -64,7 +64,8 @@ class TrainLora(_Op):
     learning_rate: float = Field(2e-4, gt=0, le=1)
     data: Literal["teacher_gold", "high_feedback_traces"] = "teacher_gold"
     adapter: AdapterSpec | None = Field(
-        None, description="Filled in by the search after training; a proposer leaves it out.")
+        None, description="Filled in by the search after training; a proposer leaves it out."
+    )
 
 
 # --------------------------------------------------------------------------- Engine
@@ -256,14 +257,17 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
         case SetEngineParam(param=param, value=value):
             if param == "tool_call_format":
                 if value not in ToolCallFormat.__args__:  # type: ignore[attr-defined]
-                    raise EditError(f"{where}: engine.tool_call_format must be native or "
-                                    f"constrained_json, got {value!r}")
+                    raise EditError(
+                        f"{where}: engine.tool_call_format must be native or "
+                        f"constrained_json, got {value!r}"
+                    )
             else:
                 try:
                     value = float(value) if param == "timeout_s" else int(float(value))
                 except (TypeError, ValueError):
-                    raise EditError(f"{where}: engine.{param} must be a number, "
-                                    f"got {value!r}") from None
+                    raise EditError(
+                        f"{where}: engine.{param} must be a number, got {value!r}"
+                    ) from None
             setattr(spec.engine, param, value)
         case ReplaceSystemPrompt(text=text):
             spec.agent.system_prompt = text
@@ -283,8 +287,7 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
         case SetAgentParam(param=param, value=value):
             # pydantic would quietly read True as max_turns = 1 and 0 as repeat_guard = false
             if param == "repeat_guard" and not isinstance(value, bool):
-                raise EditError(f"{where}: agent.repeat_guard must be true or false, "
-                                f"got {value!r}")
+                raise EditError(f"{where}: agent.repeat_guard must be true or false, got {value!r}")
             if param != "repeat_guard" and isinstance(value, bool):
                 raise EditError(f"{where}: agent.{param} cannot be {value!r}")
             setattr(spec.agent, param, value)

@@ -51,11 +51,17 @@ def dotted(loc: tuple) -> str:
 def issues_from_validation(exc: ValidationError) -> list[SpecIssue]:
     issues = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if p not in ("function-after[_kind_fields(), ToolServerSpec]",))
+        loc = tuple(
+            p for p in err["loc"] if p not in ("function-after[_kind_fields(), ToolServerSpec]",)
+        )
         reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             reason = "unknown key (check the spelling; see `homespun spec show` for valid keys)"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        elif (
+            "input" in err
+            and err["type"] not in ("missing",)
+            and not isinstance(err["input"], dict)
+        ):
             reason = f"{reason} (got {err['input']!r})"
         issues.append(SpecIssue(dotted(loc), reason))
     return issues

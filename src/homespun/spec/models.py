@@ -26,9 +26,19 @@ RiskTier = Literal["auto", "review", "manual"]
 
 # Every edit op (spec/edits.py); tier overrides may only name these.
 OP_NAMES = (
-    "set_generation_param", "set_model", "train_lora", "set_engine_param",
-    "replace_system_prompt", "patch_system_prompt", "set_agent_loop", "set_agent_param",
-    "edit_few_shot", "add_verifier", "add_tool", "remove_tool", "set_tool_description",
+    "set_generation_param",
+    "set_model",
+    "train_lora",
+    "set_engine_param",
+    "replace_system_prompt",
+    "patch_system_prompt",
+    "set_agent_loop",
+    "set_agent_param",
+    "edit_few_shot",
+    "add_verifier",
+    "add_tool",
+    "remove_tool",
+    "set_tool_description",
     "set_memory_param",
 )
 
@@ -234,13 +244,20 @@ def _default_few_shot() -> list[FewShotExample]:
     # answer with it) far better than they follow instructions. Measured on the starter
     # benchmark with SmolLM2-135M: 8.8% without examples, 23.5% with these two.
     return [
-        FewShotExample(user="What is 12 * 12? Use the calculator.", tool="calculator",
-                       arguments={"expression": "12 * 12"}, tool_result="144",
-                       assistant="12 * 12 = 144"),
-        FewShotExample(user="Where is my passport? Search memory.", tool="search_memory",
-                       arguments={"query": "passport"},
-                       tool_result="[3] My passport is in the desk drawer.",
-                       assistant="Your passport is in the desk drawer."),
+        FewShotExample(
+            user="What is 12 * 12? Use the calculator.",
+            tool="calculator",
+            arguments={"expression": "12 * 12"},
+            tool_result="144",
+            assistant="12 * 12 = 144",
+        ),
+        FewShotExample(
+            user="Where is my passport? Search memory.",
+            tool="search_memory",
+            arguments={"query": "passport"},
+            tool_result="[3] My passport is in the desk drawer.",
+            assistant="Your passport is in the desk drawer.",
+        ),
     ]
 
 
@@ -278,8 +295,10 @@ class ToolServerSpec(_Strict):
     name: str
     kind: Literal["builtin", "stdio", "http"]
     builtin: str = Field(
-        "", description="Which built-in server (kind = 'builtin'): 'core', or a connector: "
-        "'notes', 'calendar', 'feeds', 'email'.")
+        "",
+        description="Which built-in server (kind = 'builtin'): 'core', or a connector: "
+        "'notes', 'calendar', 'feeds', 'email'.",
+    )
     options: dict[str, str | int | float | bool | list[str]] = Field(
         default_factory=dict,
         description="Settings of a built-in connector, e.g. notes: { path = '~/vault' }; "
@@ -339,11 +358,13 @@ class ToolServerSpec(_Strict):
     @model_validator(mode="after")
     def _kind_fields(self) -> ToolServerSpec:
         if self.kind == "builtin" and self.builtin not in BUILTIN_SERVERS:
-            raise ValueError(f"unknown builtin server {self.builtin!r}; available: "
-                             f"{', '.join(BUILTIN_SERVERS)}")
+            raise ValueError(
+                f"unknown builtin server {self.builtin!r}; available: {', '.join(BUILTIN_SERVERS)}"
+            )
         if self.options and self.kind != "builtin":
-            raise ValueError("options are for built-in servers; external servers take "
-                             "args/env or url/headers")
+            raise ValueError(
+                "options are for built-in servers; external servers take args/env or url/headers"
+            )
         if self.kind == "stdio" and not self.command:
             raise ValueError("a 'stdio' server needs a command")
         if self.kind == "http" and not self.url.startswith(("http://", "https://")):
@@ -456,7 +477,9 @@ class LearningSpec(_Strict):
     )
     proposer: Literal["llm", "random", "evolutionary"] = "random"
     teacher_reruns_per_cluster: int = Field(
-        3, ge=0, le=50,
+        3,
+        ge=0,
+        le=50,
         description="Failing tasks per cluster the teacher re-runs as the agent to measure its "
         "own success rate (costs teacher calls; 0 = not measured).",
     )
@@ -465,7 +488,8 @@ class LearningSpec(_Strict):
     budgets: BudgetSpec = Field(default_factory=BudgetSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     tier_overrides: dict[str, RiskTier] = Field(
-        default_factory=dict, description="Risk tier per edit op, e.g. patch_system_prompt = 'auto'."
+        default_factory=dict,
+        description="Risk tier per edit op, e.g. patch_system_prompt = 'auto'.",
     )
 
     @field_validator("tier_overrides")
@@ -475,6 +499,7 @@ class LearningSpec(_Strict):
         if unknown:
             raise ValueError(f"unknown edit op(s) {unknown}; known: {', '.join(OP_NAMES)}")
         return v
+
     reward: RewardSpec = Field(default_factory=RewardSpec)
 
 
@@ -500,4 +525,3 @@ class Spec(_Strict):
         """Stable across processes and key order: sha256 of canonical JSON, first 16 hex."""
         canonical = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-

@@ -35,9 +35,14 @@ class SpecCommit:
 def _trailers(message: str) -> dict[str, str]:
     out = {}
     for line in message.strip().splitlines():
-        if ": " in line and line.split(": ", 1)[0] in ("Session-ID", "Edit-ID", "Risk-Tier",
-                                                          "Reverts-Edit-ID", "Target-Cluster",
-                                                          "Adapter-SHA256"):
+        if ": " in line and line.split(": ", 1)[0] in (
+            "Session-ID",
+            "Edit-ID",
+            "Risk-Tier",
+            "Reverts-Edit-ID",
+            "Target-Cluster",
+            "Adapter-SHA256",
+        ):
             key, value = line.split(": ", 1)
             out[key] = value.strip()
     return out
@@ -54,17 +59,25 @@ class CheckpointRepo:
             )
         self.rel = self.spec_path.name
         if not (self.home / ".git").exists():
-            raise CheckpointError(f"{self.home} has no checkpoint repository: run "
-                                  "`homespun learning init` (or `homespun init`)")
+            raise CheckpointError(
+                f"{self.home} has no checkpoint repository: run "
+                "`homespun learning init` (or `homespun init`)"
+            )
         self.repo = git.Repo(self.home)
 
     # ------------------------------------------------------------------ state
 
     def ensure_clean(self) -> None:
         """A session may only start from a committed spec."""
-        if self.rel not in [i.a_path for i in self.repo.index.diff(None)] + [
-            i.a_path for i in (self.repo.index.diff("HEAD") if self.repo.head.is_valid() else [])
-        ] and self.rel not in self.repo.untracked_files:
+        if (
+            self.rel
+            not in [i.a_path for i in self.repo.index.diff(None)]
+            + [
+                i.a_path
+                for i in (self.repo.index.diff("HEAD") if self.repo.head.is_valid() else [])
+            ]
+            and self.rel not in self.repo.untracked_files
+        ):
             return
         raise DirtySpec(
             f"{self.spec_path} has changes that are not committed: commit or revert manual "
@@ -98,9 +111,18 @@ class CheckpointRepo:
                 return c
         return None
 
-    def commit_spec(self, spec: Spec, *, subject: str, body: str, session_id: str,
-                    edit_id: str, tier: str, target: str,
-                    extra_trailers: dict[str, str] | None = None) -> str:
+    def commit_spec(
+        self,
+        spec: Spec,
+        *,
+        subject: str,
+        body: str,
+        session_id: str,
+        edit_id: str,
+        tier: str,
+        target: str,
+        extra_trailers: dict[str, str] | None = None,
+    ) -> str:
         """Write `spec` and commit it; idempotent per Edit-ID (a resumed session that
         already committed this edit gets the existing sha back)."""
         existing = self.find_edit(edit_id)
@@ -108,8 +130,10 @@ class CheckpointRepo:
             return existing.sha
         save_spec(spec, self.spec_path)
         self.repo.index.add([self.rel])
-        message = (f"{subject}\n\n{body.strip()}\n\nSession-ID: {session_id}\n"
-                   f"Edit-ID: {edit_id}\nRisk-Tier: {tier}\nTarget-Cluster: {target}\n")
+        message = (
+            f"{subject}\n\n{body.strip()}\n\nSession-ID: {session_id}\n"
+            f"Edit-ID: {edit_id}\nRisk-Tier: {tier}\nTarget-Cluster: {target}\n"
+        )
         for key, value in (extra_trailers or {}).items():
             message += f"{key}: {value}\n"
         commit = self.repo.index.commit(message, author=_AUTHOR, committer=_AUTHOR)
@@ -123,8 +147,10 @@ class CheckpointRepo:
         if edit_id and already:
             raise CheckpointError(f"edit {edit_id} was already rolled back ({already[0].sha[:10]})")
         self.repo.git.revert(sha, no_edit=True, no_commit=True)
-        message = (f"Revert \"{target.summary}\"\n\nThis reverts commit {sha}.\n\n"
-                   f"Reverts-Edit-ID: {edit_id}\n")
+        message = (
+            f'Revert "{target.summary}"\n\nThis reverts commit {sha}.\n\n'
+            f"Reverts-Edit-ID: {edit_id}\n"
+        )
         commit = self.repo.index.commit(message, author=_AUTHOR, committer=_AUTHOR)
         load_spec(self.spec_path)  # the reverted file must still be a valid spec
         return commit.hexsha
@@ -148,6 +174,6 @@ def init_repo(home: Path, spec_path: Path) -> None:
     paths = [".gitignore"] + ([spec_path.name] if spec_path.exists() else [])
     repo.index.add(paths)
     if not repo.head.is_valid() or repo.index.diff("HEAD"):
-        repo.index.commit("Initial spec (homespun learning init)", author=_AUTHOR,
-                          committer=_AUTHOR)
-
+        repo.index.commit(
+            "Initial spec (homespun learning init)", author=_AUTHOR, committer=_AUTHOR
+        )

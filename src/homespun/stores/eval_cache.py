@@ -41,7 +41,6 @@ class TaskOutcome:
     cost_usd: float | None = None
 
 
-
 class EvalCache:
     """Outcomes by (spec hash, benchmark, version, task, repeat) in learning.db."""
 
@@ -49,18 +48,28 @@ class EvalCache:
         self.db = open_database(path)
         if "eval_cache" not in self.db.table_names():
             self.db["eval_cache"].create(
-                {"spec_hash": str, "benchmark": str, "version": str, "task_id": str,
-                 "repeat": int, "outcome": str, "created_at": float},
+                {
+                    "spec_hash": str,
+                    "benchmark": str,
+                    "version": str,
+                    "task_id": str,
+                    "repeat": int,
+                    "outcome": str,
+                    "created_at": float,
+                },
                 pk=("spec_hash", "benchmark", "version", "task_id", "repeat"),
             )
 
-    def get(self, spec_hash: str, benchmark: BenchmarkId, task_id: str,
-            repeat: int) -> TaskOutcome | None:
-        rows = list(self.db.query(
-            "select outcome from eval_cache where spec_hash = ? and benchmark = ? and "
-            "version = ? and task_id = ? and repeat = ?",
-            [spec_hash, benchmark.name, benchmark.version, task_id, repeat],
-        ))
+    def get(
+        self, spec_hash: str, benchmark: BenchmarkId, task_id: str, repeat: int
+    ) -> TaskOutcome | None:
+        rows = list(
+            self.db.query(
+                "select outcome from eval_cache where spec_hash = ? and benchmark = ? and "
+                "version = ? and task_id = ? and repeat = ?",
+                [spec_hash, benchmark.name, benchmark.version, task_id, repeat],
+            )
+        )
         if not rows:
             return None
         outcome = TaskOutcome(**json.loads(rows[0]["outcome"]))
@@ -69,9 +78,14 @@ class EvalCache:
 
     def put(self, spec_hash: str, benchmark: BenchmarkId, outcome: TaskOutcome) -> None:
         self.db["eval_cache"].upsert(
-            {"spec_hash": spec_hash, "benchmark": benchmark.name, "version": benchmark.version,
-             "task_id": outcome.task_id, "repeat": outcome.repeat,
-             "outcome": json.dumps({**asdict(outcome), "cached": False}),
-             "created_at": time.time()},
+            {
+                "spec_hash": spec_hash,
+                "benchmark": benchmark.name,
+                "version": benchmark.version,
+                "task_id": outcome.task_id,
+                "repeat": outcome.repeat,
+                "outcome": json.dumps({**asdict(outcome), "cached": False}),
+                "created_at": time.time(),
+            },
             pk=("spec_hash", "benchmark", "version", "task_id", "repeat"),
         )

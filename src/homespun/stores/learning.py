@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from homespun.stores.sqlite import open_database
-
 from homespun.spec.edits import Proposal
+from homespun.stores.sqlite import open_database
 
 # Proposal states: planned -> (pending_review -> approved | review_rejected) -> accepted |
 # rejected | error
@@ -45,50 +44,96 @@ class LearningStore:
         names = set(self.db.table_names())
         if "sessions" not in names:
             self.db["sessions"].create(
-                {"id": str, "started_at": float, "ended_at": float, "status": str,
-                 "benchmark": str, "proposer": str, "teacher": str, "spec_hash_before": str,
-                 "spec_hash_after": str, "gate_score_before": float, "gate_score_after": float,
-                 "cost_usd": float, "note": str},
+                {
+                    "id": str,
+                    "started_at": float,
+                    "ended_at": float,
+                    "status": str,
+                    "benchmark": str,
+                    "proposer": str,
+                    "teacher": str,
+                    "spec_hash_before": str,
+                    "spec_hash_after": str,
+                    "gate_score_before": float,
+                    "gate_score_after": float,
+                    "cost_usd": float,
+                    "note": str,
+                },
                 pk="id",
             )
         if "proposals" not in names:
             self.db["proposals"].create(
-                {"id": str, "session_id": str, "idx": int, "target": str, "tier": str,
-                 "proposer": str, "ops": str, "rationale": str, "status": str, "reason": str,
-                 "commit_sha": str, "created_at": float, "decided_at": float},
+                {
+                    "id": str,
+                    "session_id": str,
+                    "idx": int,
+                    "target": str,
+                    "tier": str,
+                    "proposer": str,
+                    "ops": str,
+                    "rationale": str,
+                    "status": str,
+                    "reason": str,
+                    "commit_sha": str,
+                    "created_at": float,
+                    "decided_at": float,
+                },
                 pk="id",
             )
         if "cluster_scores" not in names:
             self.db["cluster_scores"].create(
-                {"session_id": str, "proposal_id": str, "cluster": str, "before": float,
-                 "after": float},
+                {
+                    "session_id": str,
+                    "proposal_id": str,
+                    "cluster": str,
+                    "before": float,
+                    "after": float,
+                },
                 pk=("proposal_id", "cluster"),
             )
         if "costs" not in names:
             self.db["costs"].create(
-                {"session_id": str, "at": float, "kind": str, "model": str,
-                 "input_tokens": int, "output_tokens": int, "usd": float},
+                {
+                    "session_id": str,
+                    "at": float,
+                    "kind": str,
+                    "model": str,
+                    "input_tokens": int,
+                    "output_tokens": int,
+                    "usd": float,
+                },
             )
 
     # ------------------------------------------------------------------ sessions
 
-    def new_session(self, *, benchmark: str, proposer: str, teacher: str,
-                    spec_hash: str) -> str:
+    def new_session(self, *, benchmark: str, proposer: str, teacher: str, spec_hash: str) -> str:
         sid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        self.db["sessions"].insert({
-            "id": sid, "started_at": time.time(), "ended_at": None, "status": "running",
-            "benchmark": benchmark, "proposer": proposer, "teacher": teacher,
-            "spec_hash_before": spec_hash, "spec_hash_after": None, "gate_score_before": None,
-            "gate_score_after": None, "cost_usd": 0.0, "note": "",
-        })
+        self.db["sessions"].insert(
+            {
+                "id": sid,
+                "started_at": time.time(),
+                "ended_at": None,
+                "status": "running",
+                "benchmark": benchmark,
+                "proposer": proposer,
+                "teacher": teacher,
+                "spec_hash_before": spec_hash,
+                "spec_hash_after": None,
+                "gate_score_before": None,
+                "gate_score_after": None,
+                "cost_usd": 0.0,
+                "note": "",
+            }
+        )
         return sid
 
     def update_session(self, sid: str, **fields: Any) -> None:
         self.db["sessions"].update(sid, fields)
 
     def session(self, sid: str) -> SessionRow:
-        rows = list(self.db.query("select * from sessions where id like ? order by id",
-                                  [sid + "%"]))
+        rows = list(
+            self.db.query("select * from sessions where id like ? order by id", [sid + "%"])
+        )
         if not rows:
             raise KeyError(f"no session {sid!r} (see `homespun learning history`)")
         if len(rows) > 1:
@@ -96,20 +141,35 @@ class LearningStore:
         return SessionRow(**rows[0])
 
     def sessions(self, limit: int = 20) -> list[SessionRow]:
-        return [SessionRow(**r) for r in self.db.query(
-            "select * from sessions order by started_at desc limit ?", [limit])]
+        return [
+            SessionRow(**r)
+            for r in self.db.query(
+                "select * from sessions order by started_at desc limit ?", [limit]
+            )
+        ]
 
     # ------------------------------------------------------------------ proposals
 
     def add_proposals(self, sid: str, proposals: list[Proposal], tiers: list[str]) -> None:
         for i, (p, tier) in enumerate(zip(proposals, tiers, strict=True)):
-            self.db["proposals"].upsert({
-                "id": p.id, "session_id": sid, "idx": i, "target": p.target_cluster,
-                "tier": tier, "proposer": p.proposer,
-                "ops": json.dumps([o.model_dump() for o in p.ops]), "rationale": p.rationale,
-                "status": "planned", "reason": "", "commit_sha": None,
-                "created_at": time.time(), "decided_at": None,
-            }, pk="id")
+            self.db["proposals"].upsert(
+                {
+                    "id": p.id,
+                    "session_id": sid,
+                    "idx": i,
+                    "target": p.target_cluster,
+                    "tier": tier,
+                    "proposer": p.proposer,
+                    "ops": json.dumps([o.model_dump() for o in p.ops]),
+                    "rationale": p.rationale,
+                    "status": "planned",
+                    "reason": "",
+                    "commit_sha": None,
+                    "created_at": time.time(),
+                    "decided_at": None,
+                },
+                pk="id",
+            )
 
     def set_proposal(self, pid: str, **fields: Any) -> None:
         if fields.get("status") in TERMINAL:
@@ -133,27 +193,42 @@ class LearningStore:
             where.append("status = ?")
             args.append(status)
         clause = ("where " + " and ".join(where)) if where else ""
-        return list(self.db.query(
-            f"select * from proposals {clause} order by created_at, idx", args))
+        return list(
+            self.db.query(f"select * from proposals {clause} order by created_at, idx", args)
+        )
 
     def history_entries(self, limit: int = 50) -> list[dict]:
         """Decided proposals, newest first, with their per-cluster deltas."""
-        rows = list(self.db.query(
-            "select * from proposals where status in ('accepted','rejected','review_rejected',"
-            "'error') order by decided_at desc limit ?", [limit]))
+        rows = list(
+            self.db.query(
+                "select * from proposals where status in ('accepted','rejected','review_rejected',"
+                "'error') order by decided_at desc limit ?",
+                [limit],
+            )
+        )
         for r in rows:
             r["deltas"] = {
                 s["cluster"]: round((s["after"] or 0) - (s["before"] or 0), 4)
                 for s in self.db.query(
-                    "select * from cluster_scores where proposal_id = ?", [r["id"]])
+                    "select * from cluster_scores where proposal_id = ?", [r["id"]]
+                )
             }
         return rows
 
-    def set_cluster_scores(self, sid: str, pid: str, before: dict[str, float | None],
-                           after: dict[str, float | None]) -> None:
+    def set_cluster_scores(
+        self, sid: str, pid: str, before: dict[str, float | None], after: dict[str, float | None]
+    ) -> None:
         self.db["cluster_scores"].upsert_all(
-            [{"session_id": sid, "proposal_id": pid, "cluster": c, "before": before[c],
-              "after": after.get(c)} for c in before],
+            [
+                {
+                    "session_id": sid,
+                    "proposal_id": pid,
+                    "cluster": c,
+                    "before": before[c],
+                    "after": after.get(c),
+                }
+                for c in before
+            ],
             pk=("proposal_id", "cluster"),
         )
 
@@ -162,17 +237,31 @@ class LearningStore:
 
     # ------------------------------------------------------------------ costs
 
-    def add_cost(self, sid: str, *, kind: str, model: str, input_tokens: int,
-                 output_tokens: int, usd: float) -> None:
-        self.db["costs"].insert({"session_id": sid, "at": time.time(), "kind": kind,
-                                 "model": model, "input_tokens": input_tokens,
-                                 "output_tokens": output_tokens, "usd": usd})
+    def add_cost(
+        self, sid: str, *, kind: str, model: str, input_tokens: int, output_tokens: int, usd: float
+    ) -> None:
+        self.db["costs"].insert(
+            {
+                "session_id": sid,
+                "at": time.time(),
+                "kind": kind,
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "usd": usd,
+            }
+        )
         total = self.session_cost(sid)
         self.db["sessions"].update(sid, {"cost_usd": total})
 
     def session_cost(self, sid: str) -> float:
-        row = next(iter(self.db.query(
-            "select coalesce(sum(usd), 0) as s from costs where session_id = ?", [sid])))
+        row = next(
+            iter(
+                self.db.query(
+                    "select coalesce(sum(usd), 0) as s from costs where session_id = ?", [sid]
+                )
+            )
+        )
         return float(row["s"])
 
     def total_cost(self) -> float:

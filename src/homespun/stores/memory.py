@@ -7,11 +7,10 @@ memories, so it depends on nothing above sqlite-utils.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -107,7 +106,7 @@ class MemoryStore:
         row = {
             "text": text,
             "tags": _normalise_tags(tags),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         with self._db() as db:
             # IMMEDIATE takes the write lock up front, so a concurrent writer makes this wait

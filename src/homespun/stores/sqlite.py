@@ -38,8 +38,9 @@ def ensure_private_file(path: Path) -> Path:
 def connect(path: Path, *, autocommit: bool = False) -> sqlite3.Connection:
     """A sqlite3 connection with WAL, the busy timeout and an owner-only file."""
     path = ensure_private_file(path)
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S,
-                           isolation_level=None if autocommit else "DEFERRED")
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None if autocommit else "DEFERRED"
+    )
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
     return conn

@@ -167,8 +167,17 @@ class TraceStore:
 
     # ------------------------------------------------------------------ writing
 
-    def start(self, *, query: str, spec_hash: str, thread_id: str, loop: str, model: str,
-              backend: str, source: str = "cli") -> Trace:
+    def start(
+        self,
+        *,
+        query: str,
+        spec_hash: str,
+        thread_id: str,
+        loop: str,
+        model: str,
+        backend: str,
+        source: str = "cli",
+    ) -> Trace:
         trace = Trace(
             id=uuid.uuid4().hex[:12],
             created_at=time.time(),
@@ -240,9 +249,7 @@ class TraceStore:
 
     def resolve_id(self, prefix: str) -> str:
         """Accept a unique id prefix, like git does."""
-        rows = list(
-            self.db.query("select id from traces where id like ? limit 2", [prefix + "%"])
-        )
+        rows = list(self.db.query("select id from traces where id like ? limit 2", [prefix + "%"]))
         if not rows:
             raise KeyError(f"no trace with id {prefix!r} (see `homespun traces list`)")
         if len(rows) > 1:

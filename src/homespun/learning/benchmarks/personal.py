@@ -2,10 +2,10 @@
 
 A trace the user rated highly (feedback >= 0.7 by default) says "this is a thing I ask";
 it does not say the student's answer was right, and the student's answer is never the
-reference (graded against its own answers, a benchmark measures nothing). The *teacher* writes the reference:
-for each query (scrubbed, and without the student's answer, so it is not anchored on it) a
-gold answer, the key phrases any correct answer contains (`must_contain`, what we grade on)
-and a skill label (the cluster scope).
+reference (graded against its own answers, a benchmark measures nothing). The *teacher* writes
+the reference: for each query (scrubbed, and without the student's answer, so it is not
+anchored on it) a gold answer, the key phrases any correct answer contains (`must_contain`,
+what we grade on) and a skill label (the cluster scope).
 
 Each refresh writes a new version, HOMESPUN_HOME/learning/benchmarks/personal_vN.json, and
 never rewrites an old one: the evaluation cache keys on the version, and a session that ran on
@@ -91,8 +91,10 @@ class NoPersonalBenchmark(FileNotFoundError):
 
 
 def _not_enough_traces(n: int) -> str:
-    return (f"Not enough traces yet: {n} of {MIN_TRACES} (use the assistant more, or run on "
-            "--benchmark starter)")
+    return (
+        f"Not enough traces yet: {n} of {MIN_TRACES} (use the assistant more, or run on "
+        "--benchmark starter)"
+    )
 
 
 # --------------------------------------------------------------------------- mining
@@ -127,9 +129,13 @@ def _user_traces(settings: Settings) -> list[Trace]:
 def _high_feedback(traces: list[Trace], min_feedback: float) -> list[Trace]:
     """Finished, well-rated, not sensitive (privacy.eligible_traces), not an evaluation."""
     return [
-        t for t in eligible_traces(traces)
-        if t.status == "ok" and t.feedback is not None and t.feedback >= min_feedback
-        and not (t.source or "").startswith(EVAL_SOURCE_PREFIX) and t.query.strip()
+        t
+        for t in eligible_traces(traces)
+        if t.status == "ok"
+        and t.feedback is not None
+        and t.feedback >= min_feedback
+        and not (t.source or "").startswith(EVAL_SOURCE_PREFIX)
+        and t.query.strip()
     ]
 
 
@@ -166,14 +172,26 @@ def readiness(settings: Settings, min_feedback: float = 0.7) -> ReadinessReport:
     if n < MIN_TRACES:
         return ReadinessReport(n, high, False, _not_enough_traces(n))
     if high < MIN_HIGH_FEEDBACK:
-        return ReadinessReport(n, high, False, (
-            f"{n} traces, but only {high} of {MIN_HIGH_FEEDBACK} high-feedback traces "
-            f"(feedback >= {min_feedback:g}): enough for a diagnosis, not for a personal "
-            "benchmark to gate edits. Rate answers with `homespun feedback TRACE_ID up`, or "
-            "run on --benchmark starter"))
-    return ReadinessReport(n, high, True, (
-        f"{n} traces, {high} high-feedback (feedback >= {min_feedback:g}): ready for a "
-        "personal benchmark (`homespun learning benchmark refresh`)"))
+        return ReadinessReport(
+            n,
+            high,
+            False,
+            (
+                f"{n} traces, but only {high} of {MIN_HIGH_FEEDBACK} high-feedback traces "
+                f"(feedback >= {min_feedback:g}): enough for a diagnosis, not for a personal "
+                "benchmark to gate edits. Rate answers with `homespun feedback TRACE_ID up`, or "
+                "run on --benchmark starter"
+            ),
+        )
+    return ReadinessReport(
+        n,
+        high,
+        True,
+        (
+            f"{n} traces, {high} high-feedback (feedback >= {min_feedback:g}): ready for a "
+            "personal benchmark (`homespun learning benchmark refresh`)"
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- teacher
@@ -184,15 +202,18 @@ class GoldAnswer(BaseModel):
     gold: str = Field(description="A correct, concise answer to the query.")
     must_contain: list[str] = Field(
         description="1-3 short key phrases (a number, a name, a date) that every correct "
-                    "answer contains, matched case-insensitively as substrings.")
+        "answer contains, matched case-insensitively as substrings."
+    )
     category: str = Field(
         description="The skill the query exercises, short snake_case, e.g. 'arithmetic', "
-                    "'memory_recall', 'memory_store', 'files', 'scheduling', 'time'.")
+        "'memory_recall', 'memory_store', 'files', 'scheduling', 'time'."
+    )
 
 
 class GoldAnswers(BaseModel):
     answers: list[GoldAnswer] = Field(
-        description="One entry per query you can answer; leave out queries you cannot.")
+        description="One entry per query you can answer; leave out queries you cannot."
+    )
 
 
 def _submit_gold_answers(answers: list[GoldAnswer]) -> str:  # never run: the reply is read
@@ -201,7 +222,9 @@ def _submit_gold_answers(answers: list[GoldAnswer]) -> str:  # never run: the re
 
 def _submit_tool() -> StructuredTool:
     return StructuredTool.from_function(
-        func=_submit_gold_answers, name=SUBMIT_TOOL, args_schema=GoldAnswers,
+        func=_submit_gold_answers,
+        name=SUBMIT_TOOL,
+        args_schema=GoldAnswers,
         description="Submit the gold answers for the numbered queries. Call exactly once.",
     )
 
@@ -227,8 +250,7 @@ Submit everything with one call of submit_gold_answers."""
 
 def _batch_prompt(queries: list[str]) -> list[BaseMessage]:
     lines = [f"[{i}] {json.dumps(q, ensure_ascii=False)}" for i, q in enumerate(queries)]
-    return [SystemMessage(_SYSTEM),
-            HumanMessage("Queries:\n" + "\n".join(lines))]
+    return [SystemMessage(_SYSTEM), HumanMessage("Queries:\n" + "\n".join(lines))]
 
 
 def _category(label: str) -> str:
@@ -241,8 +263,11 @@ def _phrases(raw: list[str]) -> list[str]:
     for phrase in raw:
         phrase = " ".join(str(phrase).split())
         # A placeholder from scrubbing can never appear in the student's answer.
-        if phrase and not _PLACEHOLDER.search(phrase) and phrase.lower() not in \
-                {p.lower() for p in out}:
+        if (
+            phrase
+            and not _PLACEHOLDER.search(phrase)
+            and phrase.lower() not in {p.lower() for p in out}
+        ):
             out.append(phrase)
     return out
 
@@ -291,12 +316,18 @@ def _parse_reply(reply: AIMessage, n: int, counts: _Counts) -> dict[int, GoldAns
     return got
 
 
-async def _ask_teacher(teacher: BaseChatModel, meter: Any, queries: list[str],
-                       counts: _Counts) -> dict[int, GoldAnswer]:
+async def _ask_teacher(
+    teacher: BaseChatModel, meter: Any, queries: list[str], counts: _Counts
+) -> dict[int, GoldAnswer]:
     tool = _submit_tool()
     bound = teacher.bind_tools([tool], tool_choice=SUBMIT_TOOL)
-    reply = await metered_call(meter, bound, _batch_prompt(queries), tools=[tool],
-                               max_output_tokens=max_output_tokens(teacher))
+    reply = await metered_call(
+        meter,
+        bound,
+        _batch_prompt(queries),
+        tools=[tool],
+        max_output_tokens=max_output_tokens(teacher),
+    )
     counts.teacher_calls += 1
     return _parse_reply(reply, len(queries), counts)
 
@@ -342,9 +373,15 @@ def _write_new_version(settings: Settings, payload: dict[str, Any]) -> Path:
             os.unlink(tmp)
 
 
-async def refresh_personal_benchmark(settings: Settings, *, teacher: BaseChatModel, meter: Any,
-                                     min_feedback: float = 0.7, max_tasks: int = 200,
-                                     scrub: bool = True) -> Path:
+async def refresh_personal_benchmark(
+    settings: Settings,
+    *,
+    teacher: BaseChatModel,
+    meter: Any,
+    min_feedback: float = 0.7,
+    max_tasks: int = 200,
+    scrub: bool = True,
+) -> Path:
     """Mine the user's well-rated traces into a new personal_vN.json; returns its path.
 
     Only the queries go to the teacher (scrubbed when `scrub`), in batches of BATCH_SIZE;
@@ -364,32 +401,36 @@ async def refresh_personal_benchmark(settings: Settings, *, teacher: BaseChatMod
         raise ColdStart(
             f"No trace qualifies for the personal benchmark: {len(traces)} traces, 0 finished, "
             f"not sensitive, with feedback >= {min_feedback:g} (need {MIN_HIGH_FEEDBACK}; rate "
-            "answers with `homespun feedback TRACE_ID up`, or run on --benchmark starter)")
-    chosen = chosen[:max(0, max_tasks)]
+            "answers with `homespun feedback TRACE_ID up`, or run on --benchmark starter)"
+        )
+    chosen = chosen[: max(0, max_tasks)]
     tasks: list[dict[str, Any]] = []
     for start in range(0, len(chosen), BATCH_SIZE):
-        batch = chosen[start:start + BATCH_SIZE]
+        batch = chosen[start : start + BATCH_SIZE]
         queries = [scrub_text(t.query) if scrub else t.query for t in batch]
         counts.asked += len(batch)
         answers = await _ask_teacher(teacher, meter, queries, counts)
         counts.skipped_by_teacher += len(batch) - len(answers)
         for index, answer in sorted(answers.items()):
             trace = batch[index]
-            tasks.append({
-                "id": task_id_for(trace.query),
-                "query": trace.query,  # the real question: the student runs it locally
-                "category": _category(answer.category),
-                "gold": answer.gold.strip(),
-                "must_contain": answer.must_contain,
-                "source_trace": trace.id,
-            })
+            tasks.append(
+                {
+                    "id": task_id_for(trace.query),
+                    "query": trace.query,  # the real question: the student runs it locally
+                    "category": _category(answer.category),
+                    "gold": answer.gold.strip(),
+                    "must_contain": answer.must_contain,
+                    "source_trace": trace.id,
+                }
+            )
     counts.kept = len(tasks)
     if not tasks:
         raise PersonalBenchmarkError(
             f"The teacher gave no usable gold answer for {counts.asked} queries "
             f"({counts.skipped_by_teacher} left out, {counts.dropped_empty_must_contain} with "
             f"no must_contain, {counts.dropped_bad_index} with a bad index, "
-            f"{counts.dropped_invalid} invalid); nothing was written")
+            f"{counts.dropped_invalid} invalid); nothing was written"
+        )
     stats = {k: v for k, v in vars(counts).items() if k != "notes"}
     payload = {
         "version": 0,  # set when the file is written
@@ -404,8 +445,11 @@ async def refresh_personal_benchmark(settings: Settings, *, teacher: BaseChatMod
 
 
 def _teacher_name(teacher: Any, meter: Any) -> str:
-    for value in (getattr(meter, "model", None), getattr(teacher, "model", None),
-                  getattr(teacher, "model_name", None)):
+    for value in (
+        getattr(meter, "model", None),
+        getattr(teacher, "model", None),
+        getattr(teacher, "model_name", None),
+    ):
         if isinstance(value, str) and value:
             return value
     return type(teacher).__name__
@@ -438,8 +482,9 @@ def _grader(task: Task) -> Callable[[Trace], Grade]:
         answer = trace.final_answer or ""
         missing = [p for p in phrases if not contains_phrase(answer, p)]
         if missing:
-            return Grade(False, 0.0, "answer does not contain " +
-                         ", ".join(repr(p) for p in missing))
+            return Grade(
+                False, 0.0, "answer does not contain " + ", ".join(repr(p) for p in missing)
+            )
         return Grade(True, 1.0, "")
 
     return grade
@@ -496,13 +541,16 @@ class PersonalBenchmark:
         except FileNotFoundError:
             raise NoPersonalBenchmark(f"{self.path} does not exist") from None
         except (OSError, ValueError) as exc:
-            raise PersonalBenchmarkError(f"{self.path} is not a readable personal benchmark: "
-                                         f"{exc}") from exc
+            raise PersonalBenchmarkError(
+                f"{self.path} is not a readable personal benchmark: {exc}"
+            ) from exc
         m = _FILE.match(self.path.name)
         number = data.get("version", int(m.group(1)) if m else None)
         if not isinstance(number, int) or not isinstance(data.get("tasks"), list):
-            raise PersonalBenchmarkError(f"{self.path} is not a personal benchmark (needs an "
-                                         "integer 'version' and a 'tasks' list)")
+            raise PersonalBenchmarkError(
+                f"{self.path} is not a personal benchmark (needs an "
+                "integer 'version' and a 'tasks' list)"
+            )
         self.number = number
         self.version = f"personal_v{number}"
         self.data = data
@@ -511,10 +559,14 @@ class PersonalBenchmark:
         self.min_feedback: float | None = data.get("min_feedback")
         self.stats: dict[str, Any] = data.get("stats", {})
         self._tasks = [
-            Task(id=t["id"], query=t["query"], category=t.get("category") or "general",
-                 suite="personal", gold=t.get("gold"),
-                 metadata={"must_contain": list(t.get("must_contain") or []),
-                           "needs_tool": False})
+            Task(
+                id=t["id"],
+                query=t["query"],
+                category=t.get("category") or "general",
+                suite="personal",
+                gold=t.get("gold"),
+                metadata={"must_contain": list(t.get("must_contain") or []), "needs_tool": False},
+            )
             for t in data["tasks"]
         ]
 
@@ -525,8 +577,9 @@ class PersonalBenchmark:
         return list(self._tasks)
 
     @asynccontextmanager
-    async def environment(self, task: Task, spec: Spec,
-                          settings: Settings) -> AsyncIterator[SimpleEnvironment]:
+    async def environment(
+        self, task: Task, spec: Spec, settings: Settings
+    ) -> AsyncIterator[SimpleEnvironment]:
         from homespun.mcp_servers.loader import open_tools
 
         with tempfile.TemporaryDirectory(prefix=f"homespun-{task.id}-") as tmp:
@@ -556,12 +609,14 @@ def load_personal(settings: Settings, version: int | None = None) -> PersonalBen
         raise NoPersonalBenchmark(
             f"No personal benchmark yet under {_benchmarks_dir(settings)}: run `homespun "
             "learning benchmark refresh` (it needs traces with feedback), or use --benchmark "
-            "starter")
+            "starter"
+        )
     if version is None:
         return PersonalBenchmark(versions[max(versions)])
     if version not in versions:
         have = ", ".join(f"v{n}" for n in sorted(versions))
         raise NoPersonalBenchmark(
             f"No personal benchmark personal_v{version} (have: {have}); run `homespun learning "
-            "benchmark refresh` to make a new one")
+            "benchmark refresh` to make a new one"
+        )
     return PersonalBenchmark(versions[version])

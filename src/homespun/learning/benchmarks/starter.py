@@ -17,8 +17,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
-from homespun.stores.traces import Trace
 from homespun.spec import Settings, Spec
+from homespun.stores.traces import Trace
 
 BENCHMARK_VERSION = "starter-1"
 
@@ -98,8 +98,16 @@ def _tasks() -> list[Task]:
         (_TIME, "time", "answer"),
     ):
         for task_id, query, gold in group:
-            out.append(Task(id=task_id, query=query, category=category, suite="starter",
-                            gold=gold, metadata={"needs_tool": True, "graded_on": graded_on}))
+            out.append(
+                Task(
+                    id=task_id,
+                    query=query,
+                    category=category,
+                    suite="starter",
+                    gold=gold,
+                    metadata={"needs_tool": True, "graded_on": graded_on},
+                )
+            )
     return out
 
 
@@ -128,8 +136,9 @@ class StarterBenchmark:
         return _tasks()
 
     @asynccontextmanager
-    async def environment(self, task: Task, spec: Spec,
-                          settings: Settings) -> AsyncIterator[SimpleEnvironment]:
+    async def environment(
+        self, task: Task, spec: Spec, settings: Settings
+    ) -> AsyncIterator[SimpleEnvironment]:
         from homespun.mcp_servers.loader import open_tools
         from homespun.stores.memory import MemoryStore
 
@@ -155,11 +164,15 @@ class StarterBenchmark:
                         stored = [h.text for h in MemoryStore(world.memory_db).all()]
                         new = [t for t in stored if t not in {m for m, _ in MEMORIES}]
                         ok = any(_contains(t, expected) for t in new)
-                        return Grade(ok, float(ok), "stored" if ok else
-                                     f"no new memory mentions {expected!r}")
+                        return Grade(
+                            ok,
+                            float(ok),
+                            "stored" if ok else f"no new memory mentions {expected!r}",
+                        )
                     answer = trace.final_answer or ""
                     ok = _contains(answer, expected)
-                    return Grade(ok, float(ok), "" if ok else
-                                 f"answer does not contain {expected!r}")
+                    return Grade(
+                        ok, float(ok), "" if ok else f"answer does not contain {expected!r}"
+                    )
 
                 yield SimpleEnvironment(tools=loaded.tools, grader=grade)

@@ -113,9 +113,7 @@ def _canonical(value: Any) -> Any:
 
 def ops_key(ops: Iterable[Any]) -> str:
     """Identity of a set of ops: the same ops in any order give the same key."""
-    parts = sorted(
-        json.dumps(_canonical(op.model_dump(mode="json")), sort_keys=True) for op in ops
-    )
+    parts = sorted(json.dumps(_canonical(op.model_dump(mode="json")), sort_keys=True) for op in ops)
     return "\n".join(parts)
 
 

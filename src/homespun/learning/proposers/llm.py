@@ -24,11 +24,8 @@ from homespun.learning.clusters import Cluster, Diagnosis
 from homespun.spec import Spec
 from homespun.spec.edits import (
     PRIMITIVE_OF,
-    EditNotAvailable,
     EditOp,
     Proposal,
-    TrainLora,
-    apply_proposal,
     describe_proposal,
 )
 
@@ -41,8 +38,7 @@ from .base import (
 )
 
 OP_MODELS: dict[str, type] = {
-    cls.model_fields["op"].default: cls
-    for cls in typing.get_args(typing.get_args(EditOp)[0])
+    cls.model_fields["op"].default: cls for cls in typing.get_args(typing.get_args(EditOp)[0])
 }
 _OP_ADAPTER: TypeAdapter[Any] = TypeAdapter(EditOp)
 
@@ -88,20 +84,25 @@ def available_ops(spec: Spec) -> list[str]:
 
 
 def ops_array_schema(op_names: Sequence[str]) -> dict[str, Any]:
-    return {"type": "array", "minItems": 1,
-            "items": {"anyOf": [op_schema(n) for n in op_names]}}
+    return {"type": "array", "minItems": 1, "items": {"anyOf": [op_schema(n) for n in op_names]}}
 
 
-def submit_proposals_tool(cluster_ids: list[str], op_names: Sequence[str],
-                          max_proposals: int) -> dict[str, Any]:
+def submit_proposals_tool(
+    cluster_ids: list[str], op_names: Sequence[str], max_proposals: int
+) -> dict[str, Any]:
     """The `submit_proposals` tool (OpenAI function format, which every chat model binds)."""
     proposal = {
         "type": "object",
         "properties": {
-            "target_cluster": {"type": "string", "enum": cluster_ids,
-                               "description": "Id of the failure cluster this edit fixes."},
-            "rationale": {"type": "string",
-                          "description": "Why these ops fix that cluster, in a sentence."},
+            "target_cluster": {
+                "type": "string",
+                "enum": cluster_ids,
+                "description": "Id of the failure cluster this edit fixes.",
+            },
+            "rationale": {
+                "type": "string",
+                "description": "Why these ops fix that cluster, in a sentence.",
+            },
             "ops": ops_array_schema(op_names),
         },
         "required": ["target_cluster", "rationale", "ops"],
@@ -112,11 +113,12 @@ def submit_proposals_tool(cluster_ids: list[str], op_names: Sequence[str],
         "function": {
             "name": SUBMIT_PROPOSALS,
             "description": "Submit the proposed spec edits. Each proposal is one or more ops "
-                           "(they may span primitives) aimed at one failure cluster.",
+            "(they may span primitives) aimed at one failure cluster.",
             "parameters": {
                 "type": "object",
-                "properties": {"proposals": {"type": "array", "items": proposal,
-                                             "maxItems": max_proposals}},
+                "properties": {
+                    "proposals": {"type": "array", "items": proposal, "maxItems": max_proposals}
+                },
                 "required": ["proposals"],
                 "additionalProperties": False,
             },
@@ -135,14 +137,20 @@ def render_spec_summary(spec: Spec) -> str:
     """The editable fields and their current values, TOML-like."""
     i, e, a, m = spec.intelligence, spec.engine, spec.agent, spec.memory
     lines = ["[intelligence]"]
-    lines += [f"{k} = {_v(getattr(i, k))}" for k in
-              ("model", "temperature", "top_p", "top_k", "max_tokens", "repeat_penalty", "seed")]
+    lines += [
+        f"{k} = {_v(getattr(i, k))}"
+        for k in ("model", "temperature", "top_p", "top_k", "max_tokens", "repeat_penalty", "seed")
+    ]
     lines += ["", "[engine]", f"backend = {_v(e.backend)}  # not editable"]
-    lines += [f"{k} = {_v(getattr(e, k))}" for k in
-              ("context_length", "threads", "parallel", "tool_call_format", "timeout_s")]
+    lines += [
+        f"{k} = {_v(getattr(e, k))}"
+        for k in ("context_length", "threads", "parallel", "tool_call_format", "timeout_s")
+    ]
     lines += ["", "[agent]"]
-    lines += [f"{k} = {_v(getattr(a, k))}" for k in
-              ("loop", "max_turns", "tool_policy", "max_plan_steps", "repeat_guard")]
+    lines += [
+        f"{k} = {_v(getattr(a, k))}"
+        for k in ("loop", "max_turns", "tool_policy", "max_plan_steps", "repeat_guard")
+    ]
     lines.append(f'system_prompt = """\n{a.system_prompt}\n"""')
     if a.few_shot:
         lines.append("few_shot = [")
@@ -152,19 +160,26 @@ def render_spec_summary(spec: Spec) -> str:
         lines.append("few_shot = []")
     lines.append(f"verifiers = {_v([v.model_dump() for v in a.verifiers])}")
     for s in spec.tools.servers:
-        lines += ["", f"[tools.{s.name}]", f"kind = {_v(s.kind)}", f"enabled = {_v(s.enabled)}",
-                  f"disabled = {_v(s.disabled)}", f"descriptions = {_v(s.descriptions)}"]
+        lines += [
+            "",
+            f"[tools.{s.name}]",
+            f"kind = {_v(s.kind)}",
+            f"enabled = {_v(s.enabled)}",
+            f"disabled = {_v(s.disabled)}",
+            f"descriptions = {_v(s.descriptions)}",
+        ]
     lines += ["", "[memory]", f"top_k = {m.top_k}"]
     return "\n".join(lines)
 
 
 def render_cluster(c: Cluster) -> str:
-    teacher = ("not measured" if c.teacher_success_rate is None
-               else f"{c.teacher_success_rate:.0%}")
-    return (f"- `{c.id}` ({c.name}): categories {', '.join(c.categories) or '-'}; "
-            f"student failure rate {c.student_failure_rate:.0%}; teacher success {teacher}; "
-            f"signature {c.signature or '-'}; {len(c.task_ids)} failing task(s).\n"
-            f"  Skill gap: {c.skill_gap}")
+    teacher = "not measured" if c.teacher_success_rate is None else f"{c.teacher_success_rate:.0%}"
+    return (
+        f"- `{c.id}` ({c.name}): categories {', '.join(c.categories) or '-'}; "
+        f"student failure rate {c.student_failure_rate:.0%}; teacher success {teacher}; "
+        f"signature {c.signature or '-'}; {len(c.task_ids)} failing task(s).\n"
+        f"  Skill gap: {c.skill_gap}"
+    )
 
 
 def render_clusters(diagnosis: Diagnosis) -> str:
@@ -188,13 +203,14 @@ def render_history(history: Iterable[HistoryEntry]) -> str:
 
 
 def render_tool_names(tool_names: dict[str, list[str]]) -> str:
-    return "\n".join(f"- {server}: {', '.join(names)}"
-                     for server, names in sorted(tool_names.items())) or "(not listed)"
+    return (
+        "\n".join(f"- {server}: {', '.join(names)}" for server, names in sorted(tool_names.items()))
+        or "(not listed)"
+    )
 
 
 def render_catalog(op_names: Sequence[str]) -> str:
-    return "\n".join(f"- {n} ({PRIMITIVE_OF[n]}): {json.dumps(op_schema(n))}"
-                     for n in op_names)
+    return "\n".join(f"- {n} ({PRIMITIVE_OF[n]}): {json.dumps(op_schema(n))}" for n in op_names)
 
 
 def _catalog_models() -> str:
@@ -218,34 +234,45 @@ SYSTEM_PROMPT = (
 )
 
 
-def build_messages(ctx: ProposerContext, op_names: Sequence[str],
-                   max_proposals: int) -> list[BaseMessage]:
-    body = "\n\n".join([
-        "## Current spec (editable fields)\n" + render_spec_summary(ctx.spec),
-        "## Tools each server offers (names for tool ops)\n" + render_tool_names(ctx.tool_names),
-        "## Models in the catalog (for set_model with the embedded backend)\n"
-        + _catalog_models(),
-        "## Failure clusters (highest failure rate first)\n" + render_clusters(ctx.diagnosis),
-        "## Edit ops you may use (JSON schema of each)\n" + render_catalog(op_names),
-        "## History of proposals and the gate's decisions\n" + render_history(ctx.history),
-        f"## Task\nPropose at most {max_proposals} proposal(s), each aimed at one cluster id "
-        "above, most promising first. Call submit_proposals once with all of them.",
-    ])
+def build_messages(
+    ctx: ProposerContext, op_names: Sequence[str], max_proposals: int
+) -> list[BaseMessage]:
+    body = "\n\n".join(
+        [
+            "## Current spec (editable fields)\n" + render_spec_summary(ctx.spec),
+            "## Tools each server offers (names for tool ops)\n"
+            + render_tool_names(ctx.tool_names),
+            "## Models in the catalog (for set_model with the embedded backend)\n"
+            + _catalog_models(),
+            "## Failure clusters (highest failure rate first)\n" + render_clusters(ctx.diagnosis),
+            "## Edit ops you may use (JSON schema of each)\n" + render_catalog(op_names),
+            "## History of proposals and the gate's decisions\n" + render_history(ctx.history),
+            f"## Task\nPropose at most {max_proposals} proposal(s), each aimed at one cluster id "
+            "above, most promising first. Call submit_proposals once with all of them.",
+        ]
+    )
     return [SystemMessage(content=SYSTEM_PROMPT), HumanMessage(content=body)]
 
 
 # --------------------------------------------------------------------------- teacher call
 
 
-async def call_teacher(ctx: ProposerContext, messages: list[BaseMessage], tool: dict,
-                       report: ProposerReport, *, max_output_tokens: int) -> AIMessage:
+async def call_teacher(
+    ctx: ProposerContext,
+    messages: list[BaseMessage],
+    tool: dict,
+    report: ProposerReport,
+    *,
+    max_output_tokens: int,
+) -> AIMessage:
     """One teacher call forced to `tool`, through `metered_call` on `ctx.meter`
     (BudgetExceeded from its check propagates and no call is made)."""
     assert ctx.teacher is not None
     name = tool["function"]["name"]
     model = ctx.teacher.bind_tools([tool], tool_choice=name)
-    reply = await metered_call(ctx.meter, model, messages, tools=[tool],
-                               max_output_tokens=max_output_tokens)
+    reply = await metered_call(
+        ctx.meter, model, messages, tools=[tool], max_output_tokens=max_output_tokens
+    )
     report.teacher_calls += 1
     return reply
 
@@ -267,8 +294,9 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def parse_ops(raw_ops: Any, allowed: Sequence[str], label: str,
-              report: ProposerReport) -> list[Any]:
+def parse_ops(
+    raw_ops: Any, allowed: Sequence[str], label: str, report: ProposerReport
+) -> list[Any]:
     """Valid ops of `raw_ops`; each invalid one is reported in `report.dropped`."""
     raw_ops = _maybe_json(raw_ops)
     if not isinstance(raw_ops, list):
@@ -284,8 +312,7 @@ def parse_ops(raw_ops: Any, allowed: Sequence[str], label: str,
             where = ".".join(str(x) for x in err["loc"][1:]) or "op"
             got = repr(err.get("input"))
             got = got if len(got) <= 60 else got[:59] + "…"
-            report.dropped.append(f"{label} op {j} ({name}): {where}: {err['msg']} "
-                                  f"(got {got})")
+            report.dropped.append(f"{label} op {j} ({name}): {where}: {err['msg']} (got {got})")
             continue
         if op.op not in allowed:
             report.dropped.append(f"{label} op {j} ({name}): not allowed here")
@@ -294,8 +321,14 @@ def parse_ops(raw_ops: Any, allowed: Sequence[str], label: str,
     return ops
 
 
-def parse_proposals(args: dict[str, Any], ctx: ProposerContext, allowed: Sequence[str],
-                    proposer: str, report: ProposerReport, limit: int) -> list[Proposal]:
+def parse_proposals(
+    args: dict[str, Any],
+    ctx: ProposerContext,
+    allowed: Sequence[str],
+    proposer: str,
+    report: ProposerReport,
+    limit: int,
+) -> list[Proposal]:
     raw = _maybe_json(args.get("proposals"))
     if not isinstance(raw, list):
         report.dropped.append(f"{SUBMIT_PROPOSALS}: 'proposals' is not a list")
@@ -311,8 +344,12 @@ def parse_proposals(args: dict[str, Any], ctx: ProposerContext, allowed: Sequenc
         if not ops:
             report.dropped.append(f"{label}: no valid op left")
             continue
-        proposal = Proposal(target_cluster=str(item.get("target_cluster", "")), ops=ops,
-                            rationale=str(item.get("rationale", "")), proposer=proposer)
+        proposal = Proposal(
+            target_cluster=str(item.get("target_cluster", "")),
+            ops=ops,
+            rationale=str(item.get("rationale", "")),
+            proposer=proposer,
+        )
         if len(out) >= limit:
             report.dropped.append(f"{label}: over the cap of {limit} proposals")
             continue
@@ -334,8 +371,10 @@ class LLMProposer:
     async def propose(self, ctx: ProposerContext) -> list[Proposal]:
         report = self.last_report = ProposerReport(proposer=self.name)
         if ctx.teacher is None:
-            raise ValueError("the llm proposer needs a teacher: set learning.teacher "
-                             "(or use learning.proposer = 'random')")
+            raise ValueError(
+                "the llm proposer needs a teacher: set learning.teacher "
+                "(or use learning.proposer = 'random')"
+            )
         if not ctx.diagnosis.clusters or ctx.max_proposals <= 0:
             return []
         op_names = available_ops(ctx.spec)
@@ -344,27 +383,40 @@ class LLMProposer:
         messages = build_messages(ctx, op_names, ctx.max_proposals)
         out: list[Proposal] = []
         for _ in range(self.max_calls):
-            reply = await call_teacher(ctx, messages, tool, report,
-                                       max_output_tokens=self.max_output_tokens)
+            reply = await call_teacher(
+                ctx, messages, tool, report, max_output_tokens=self.max_output_tokens
+            )
             args = tool_args(reply, SUBMIT_PROPOSALS)
             dropped_before = len(report.dropped)
             if args is None:
                 report.notes.append(f"the teacher did not call {SUBMIT_PROPOSALS}")
             else:
                 # What this call proposed counts as history for a later call's repeats.
-                out += parse_proposals(args, _with_history(ctx, out), op_names, self.name,
-                                       report, ctx.max_proposals - len(out))
+                out += parse_proposals(
+                    args,
+                    _with_history(ctx, out),
+                    op_names,
+                    self.name,
+                    report,
+                    ctx.max_proposals - len(out),
+                )
             if len(out) >= ctx.max_proposals:
                 break
             # Only when max_calls > 1: tell the teacher what went wrong with its reply.
             problems = report.dropped[dropped_before:] or report.notes[-1:]
-            messages = [*messages[:2], HumanMessage(content=(
-                "Your previous reply gave too few usable proposals. Problems:\n"
-                + "\n".join(f"- {p}" for p in problems)
-                + "\nAlready accepted for evaluation: "
-                + ("; ".join(describe_proposal(p) for p in out) or "none")
-                + f"\nCall {SUBMIT_PROPOSALS} again with at most "
-                + f"{ctx.max_proposals - len(out)} new proposal(s)."))]
+            messages = [
+                *messages[:2],
+                HumanMessage(
+                    content=(
+                        "Your previous reply gave too few usable proposals. Problems:\n"
+                        + "\n".join(f"- {p}" for p in problems)
+                        + "\nAlready accepted for evaluation: "
+                        + ("; ".join(describe_proposal(p) for p in out) or "none")
+                        + f"\nCall {SUBMIT_PROPOSALS} again with at most "
+                        + f"{ctx.max_proposals - len(out)} new proposal(s)."
+                    )
+                ),
+            ]
         report.returned = len(out)
         return out
 

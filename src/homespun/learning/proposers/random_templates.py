@@ -99,8 +99,7 @@ _HINTS: dict[str, tuple[str, ...]] = {
     "no_tool_call": (
         "For {category} questions, call the right tool first and then answer with exactly "
         "its result.",
-        "Never answer a {category} question from memory: use {tool} and report what it "
-        "returns.",
+        "Never answer a {category} question from memory: use {tool} and report what it returns.",
     ),
     "unknown_tool": (
         "Only call tools from the list you are given, spelled exactly; for {category} "
@@ -115,46 +114,64 @@ _HINTS: dict[str, tuple[str, ...]] = {
         "it once more before answering.",
     ),
     "wrong_answer": (
-        "For {category} questions, answer with exactly the tool's result, with no extra "
-        "words.",
-        "For {category} questions, check the tool result before answering and copy it "
-        "exactly.",
+        "For {category} questions, answer with exactly the tool's result, with no extra words.",
+        "For {category} questions, check the tool result before answering and copy it exactly.",
     ),
-    "turn_limit": (
-        "For {category} questions, call one tool, then give the final answer at once.",
-    ),
+    "turn_limit": ("For {category} questions, call one tool, then give the final answer at once.",),
     "engine_error": ("Keep answers to {category} questions short.",),
 }
 _GENERIC_HINTS = (
-    "For {category} questions, call the right tool first and then answer with exactly its "
-    "result.",
+    "For {category} questions, call the right tool first and then answer with exactly its result.",
     "Think about which tool fits a {category} question before you answer.",
 )
 
 # Worked tool round trips per skill (user, tool, arguments, tool result, answer). None of
 # them is a benchmark task: an example must teach the pattern, never leak an answer.
 _FEW_SHOT: dict[str, tuple[str, str, dict, str, str]] = {
-    "arithmetic": ("What is 25 * 4? Use the calculator.", "calculator",
-                   {"expression": "25 * 4"}, "100", "25 * 4 = 100"),
-    "memory_recall": ("Who is my doctor? Search memory.", "search_memory",
-                      {"query": "doctor"}, "[2] My doctor is Dr. Silva.",
-                      "Your doctor is Dr. Silva."),
-    "memory_store": ("Remember that my car is blue.", "remember",
-                     {"text": "My car is blue."}, "Remembered (id 4)",
-                     "Saved: your car is blue."),
-    "files": ("Read notes/plan.txt. When is the meeting?", "read_file",
-              {"path": "notes/plan.txt"}, "Team meeting on Tuesday at 10:00.",
-              "The meeting is on Tuesday at 10:00."),
-    "time": ("What is today's date? Use current_time.", "current_time",
-             {"timezone": "UTC"}, "2025-03-04T09:15:00+00:00", "Today is 2025-03-04."),
+    "arithmetic": (
+        "What is 25 * 4? Use the calculator.",
+        "calculator",
+        {"expression": "25 * 4"},
+        "100",
+        "25 * 4 = 100",
+    ),
+    "memory_recall": (
+        "Who is my doctor? Search memory.",
+        "search_memory",
+        {"query": "doctor"},
+        "[2] My doctor is Dr. Silva.",
+        "Your doctor is Dr. Silva.",
+    ),
+    "memory_store": (
+        "Remember that my car is blue.",
+        "remember",
+        {"text": "My car is blue."},
+        "Remembered (id 4)",
+        "Saved: your car is blue.",
+    ),
+    "files": (
+        "Read notes/plan.txt. When is the meeting?",
+        "read_file",
+        {"path": "notes/plan.txt"},
+        "Team meeting on Tuesday at 10:00.",
+        "The meeting is on Tuesday at 10:00.",
+    ),
+    "time": (
+        "What is today's date? Use current_time.",
+        "current_time",
+        {"timezone": "UTC"},
+        "2025-03-04T09:15:00+00:00",
+        "Today is 2025-03-04.",
+    ),
 }
 _FEW_SHOT["math"] = _FEW_SHOT["arithmetic"]
 _FEW_SHOT["memory"] = _FEW_SHOT["memory_recall"]
 
 
 def _tool_for(t: TemplateInput) -> str:
-    relevant = [tool for _, tool in offered_tools(t.spec, t.tool_names)
-                if is_relevant(tool, t.category)]
+    relevant = [
+        tool for _, tool in offered_tools(t.spec, t.tool_names) if is_relevant(tool, t.category)
+    ]
     return t.rng.choice(relevant) if relevant else "the matching tool"
 
 
@@ -189,8 +206,9 @@ def _repeat_penalty(t: TemplateInput) -> EditOp | None:
 def _tool_call_format(t: TemplateInput) -> EditOp | None:
     if t.spec.engine.backend == "anthropic":  # native only
         return None
-    flipped = "native" if t.spec.engine.tool_call_format == "constrained_json" else \
-        "constrained_json"
+    flipped = (
+        "native" if t.spec.engine.tool_call_format == "constrained_json" else "constrained_json"
+    )
     return SetEngineParam(param="tool_call_format", value=flipped)
 
 
@@ -231,13 +249,15 @@ def _few_shot(t: TemplateInput) -> EditOp | None:
     offered = {tool for _, tool in offered_tools(t.spec, t.tool_names)}
     if worked and (worked[1] in offered or not t.tool_names):
         user, tool, arguments, result, answer = worked
-        example = FewShotExample(user=user, tool=tool, arguments=arguments,
-                                 tool_result=result, assistant=answer)
+        example = FewShotExample(
+            user=user, tool=tool, arguments=arguments, tool_result=result, assistant=answer
+        )
     else:
         example = FewShotExample(
             user=f"A {t.category} question: what is the answer?",
             assistant=f"I called {_tool_for(t)} first; its result is the answer, so I report "
-                      "it exactly.")
+            "it exactly.",
+        )
     if example in t.spec.agent.few_shot:
         return None
     return EditFewShot(action="add", example=example)
@@ -246,24 +266,35 @@ def _few_shot(t: TemplateInput) -> EditOp | None:
 def _verifier(t: TemplateInput) -> EditOp | None:
     if any(v.kind == "non_empty" for v in t.spec.agent.verifiers):
         return None
-    return AddVerifier(verifier=VerifierSpec(
-        kind="non_empty", feedback="Give a final answer in one short sentence."))
+    return AddVerifier(
+        verifier=VerifierSpec(
+            kind="non_empty", feedback="Give a final answer in one short sentence."
+        )
+    )
 
 
 def _tool_description(t: TemplateInput) -> EditOp | None:
-    relevant = [(s, tool) for s, tool in offered_tools(t.spec, t.tool_names)
-                if is_relevant(tool, t.category)]
+    relevant = [
+        (s, tool)
+        for s, tool in offered_tools(t.spec, t.tool_names)
+        if is_relevant(tool, t.category)
+    ]
     if not relevant:
         return None
     server, tool = t.rng.choice(relevant)
-    text = (f"Use {tool} for every {t.category} question: call it before answering, pass "
-            "the plain input, and answer with exactly what it returns.")
+    text = (
+        f"Use {tool} for every {t.category} question: call it before answering, pass "
+        "the plain input, and answer with exactly what it returns."
+    )
     return SetToolDescription(server=server, tool=tool, description=text)
 
 
 def _remove_tool(t: TemplateInput) -> EditOp | None:
-    never = [(s, tool) for s, tool in offered_tools(t.spec, t.tool_names)
-             if not any(is_relevant(tool, c) for c in t.all_categories)]
+    never = [
+        (s, tool)
+        for s, tool in offered_tools(t.spec, t.tool_names)
+        if not any(is_relevant(tool, c) for c in t.all_categories)
+    ]
     if not never:
         return None
     server, tool = t.rng.choice(never)
@@ -278,8 +309,7 @@ def _memory_top_k(t: TemplateInput) -> EditOp | None:
 CATALOG: dict[str, tuple[Template, ...]] = {
     "intelligence": (_temperature, _top_k, _max_tokens, _repeat_penalty),
     "engine": (_tool_call_format, _context_length),
-    "agent": (_prompt_hint, _tool_policy, _max_turns, _repeat_guard, _loop, _few_shot,
-              _verifier),
+    "agent": (_prompt_hint, _tool_policy, _max_turns, _repeat_guard, _loop, _few_shot, _verifier),
     "tools_memory": (_tool_description, _remove_tool, _memory_top_k),
 }
 assert set(CATALOG) == set(PRIMITIVE_GROUPS)
@@ -302,8 +332,14 @@ def draw_op(t: TemplateInput, group: str | None = None, tries: int = 8) -> EditO
 def template_input(ctx: ProposerContext, cluster: Cluster, rng: random.Random) -> TemplateInput:
     categories = sorted({c for cl in ctx.diagnosis.clusters for c in cl.categories})
     category = rng.choice(cluster.categories) if cluster.categories else cluster.id
-    return TemplateInput(spec=ctx.spec, cluster=cluster, category=category,
-                         all_categories=categories, tool_names=ctx.tool_names, rng=rng)
+    return TemplateInput(
+        spec=ctx.spec,
+        cluster=cluster,
+        category=category,
+        all_categories=categories,
+        tool_names=ctx.tool_names,
+        rng=rng,
+    )
 
 
 class RandomTemplateProposer:
@@ -354,7 +390,9 @@ class RandomTemplateProposer:
         if not ops:
             return None
         return Proposal(
-            target_cluster=cluster.id, ops=ops, proposer=self.name,
+            target_cluster=cluster.id,
+            ops=ops,
+            proposer=self.name,
             rationale=f"template-random draw {i} for {cluster.id} ({t.category}, "
-                      f"{cluster.signature or 'no signature'})",
+            f"{cluster.signature or 'no signature'})",
         )

@@ -24,8 +24,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from homespun.learning.privacy import eligible_traces, scrub_obj
-from homespun.stores.traces import Trace
 from homespun.spec import Spec
+from homespun.stores.traces import Trace
 
 __all__ = ["SFTExample", "sft_examples_from_pairs", "sft_examples_from_traces"]
 

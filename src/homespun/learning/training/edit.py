@@ -32,8 +32,14 @@ def training_pairs(tasks: list[Task], categories: set[str]) -> list[tuple[str, s
     return [(t.query, t.gold) for t in tasks if t.category in categories and t.gold]
 
 
-def train_for_proposal(proposal: Proposal, *, spec: Spec, settings: Settings,
-                       pairs: list[tuple[str, str]], progress: Any = None) -> Proposal:
+def train_for_proposal(
+    proposal: Proposal,
+    *,
+    spec: Spec,
+    settings: Settings,
+    pairs: list[tuple[str, str]],
+    progress: Any = None,
+) -> Proposal:
     from homespun.engines.catalog import resolve_model_path
 
     from .adapters import store_adapter
@@ -42,30 +48,44 @@ def train_for_proposal(proposal: Proposal, *, spec: Spec, settings: Settings,
     from .sft import TrainConfig, run_training_subprocess
 
     if spec.engine.backend != "embedded":
-        raise TrainEditError("train_lora trains the embedded model's GGUF; this spec's engine "
-                             f"is {spec.engine.backend!r}")
+        raise TrainEditError(
+            "train_lora trains the embedded model's GGUF; this spec's engine "
+            f"is {spec.engine.backend!r}"
+        )
     if not pairs:
-        raise TrainEditError(f"no training pairs for cluster {proposal.target_cluster!r}: its "
-                             "search tasks have no reference answers")
+        raise TrainEditError(
+            f"no training pairs for cluster {proposal.target_cluster!r}: its "
+            "search tasks have no reference answers"
+        )
     gguf = resolve_model_path(spec.intelligence.model, settings.models_path)
     examples = sft_examples_from_pairs(spec, pairs)
     ops = []
     for op in proposal.ops:
         if isinstance(op, TrainLora) and op.adapter is None:
-            cfg = TrainConfig(steps=op.steps, rank=op.rank, alpha=2 * op.rank,
-                              learning_rate=op.learning_rate,
-                              threads=spec.engine.threads or 2)
+            cfg = TrainConfig(
+                steps=op.steps,
+                rank=op.rank,
+                alpha=2 * op.rank,
+                learning_rate=op.learning_rate,
+                threads=spec.engine.threads or 2,
+            )
             with tempfile.TemporaryDirectory(prefix="homespun-train-") as tmp:
                 adapter_dir = run_training_subprocess(
-                    gguf, examples, Path(tmp) / "peft", cfg,
-                    cache_dir=settings.home / "cache" / "training", progress=progress)
+                    gguf,
+                    examples,
+                    Path(tmp) / "peft",
+                    cfg,
+                    cache_dir=settings.home / "cache" / "training",
+                    progress=progress,
+                )
                 config = json.loads((adapter_dir / "adapter_config.json").read_text())
                 base_dir = config.get("base_model_name_or_path")
                 base_config = None
                 if base_dir and (Path(base_dir) / "config.json").exists():
                     base_config = json.loads((Path(base_dir) / "config.json").read_text())
-                out = convert_peft_to_gguf(adapter_dir, Path(tmp) / "adapter.gguf",
-                                           base_config=base_config)
+                out = convert_peft_to_gguf(
+                    adapter_dir, Path(tmp) / "adapter.gguf", base_config=base_config
+                )
                 path, digest = store_adapter(out, settings.home)
             op = op.model_copy(update={"adapter": AdapterSpec(path=str(path), sha256=digest)})
         ops.append(op)
@@ -94,5 +114,6 @@ def training_available(spec: Spec) -> bool:
 
     if spec.engine.backend != "embedded":
         return False
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("torch", "transformers", "peft", "gguf"))
+    return all(
+        importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "peft", "gguf")
+    )

@@ -247,7 +247,7 @@ def _sample_one(
         )
     latency = time.perf_counter() - t0
     joules = meter.stop() if meter is not None else None
-    ids = out[0, len(prompt_ids):].tolist()
+    ids = out[0, len(prompt_ids) :].tolist()
     for i, tok in enumerate(ids):
         if tok in stop:
             ids = ids[: i + 1]  # keep the stop token: stopping is part of the policy
@@ -340,9 +340,7 @@ def train_grpo(
         for idx in chosen:
             completions, samples = [], []
             for _ in range(cfg.group_size):
-                ids, latency, joules = _sample_one(
-                    model, prompt_ids[idx], cfg, pad_id, stop, meter
-                )
+                ids, latency, joules = _sample_one(model, prompt_ids[idx], cfg, pad_id, stop, meter)
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 accuracy = float(scorer(idx, text))
                 completions.append(ids)

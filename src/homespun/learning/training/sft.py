@@ -131,7 +131,7 @@ def encode_example(tokenizer: Any, example: SFTExample) -> _Encoded:
     full_text = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full_text.startswith(prompt_text):
         raise ValueError("the chat template renders the reply in a way that changes the prompt")
-    reply_text = full_text[len(prompt_text):]
+    reply_text = full_text[len(prompt_text) :]
     eos = tokenizer.eos_token
     if eos and eos in reply_text:  # nothing after the end of turn is ever generated
         reply_text = reply_text[: reply_text.rindex(eos) + len(eos)]
@@ -157,8 +157,9 @@ def _common_prefix(encoded: Sequence[_Encoded]) -> int:
     return n
 
 
-def batch_loss(model: Any, encoded: Sequence[_Encoded], pad_id: int, *,
-               share_prefix: bool = True) -> Any:
+def batch_loss(
+    model: Any, encoded: Sequence[_Encoded], pad_id: int, *, share_prefix: bool = True
+) -> Any:
     """Mean cross-entropy over the trained (reply) tokens of a batch.
 
     Examples of one spec start with the same system prompt and few-shot turns, often most of
@@ -181,13 +182,22 @@ def batch_loss(model: Any, encoded: Sequence[_Encoded], pad_id: int, *,
         from transformers import DynamicCache
 
         cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([encoded[0].input_ids[:n_prefix]]), past_key_values=cache,
-              use_cache=True, logits_to_keep=1)
+        model(
+            input_ids=torch.tensor([encoded[0].input_ids[:n_prefix]]),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache.batch_repeat_interleave(len(encoded))
         full_mask = torch.cat([torch.ones(len(encoded), n_prefix, dtype=mask.dtype), mask], 1)
         positions = torch.arange(n_prefix, n_prefix + width).expand(len(encoded), -1)
-        logits = model(input_ids=ids, attention_mask=full_mask, past_key_values=cache,
-                       position_ids=positions, use_cache=True).logits
+        logits = model(
+            input_ids=ids,
+            attention_mask=full_mask,
+            past_key_values=cache,
+            position_ids=positions,
+            use_cache=True,
+        ).logits
     else:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     # Position t predicts token t+1; every trained token lies after the shared prefix.
@@ -275,8 +285,9 @@ def train_lora(
         optimizer.zero_grad(set_to_none=True)
         losses.append(round(float(loss.detach()), 5))
         if progress is not None:
-            progress(TrainProgress(step, cfg.steps, losses[-1],
-                                   round(time.perf_counter() - started, 2)))
+            progress(
+                TrainProgress(step, cfg.steps, losses[-1], round(time.perf_counter() - started, 2))
+            )
     train_s = time.perf_counter() - train_started
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,8 +313,13 @@ def train_lora(
 
 # --------------------------------------------------------------------------- subprocess
 
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+_THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def _child_env(threads: int) -> dict[str, str]:
@@ -375,8 +391,9 @@ def run_training_subprocess(
     return Path(result)
 
 
-def _follow(child: subprocess.Popen, timeout_s: float,
-            progress: ProgressCallback | None) -> str | None:
+def _follow(
+    child: subprocess.Popen, timeout_s: float, progress: ProgressCallback | None
+) -> str | None:
     """Read the child's JSON lines until it exits; the adapter dir, None, or 'timeout'."""
     lines: queue.Queue[bytes | None] = queue.Queue()
 
@@ -407,8 +424,14 @@ def _follow(child: subprocess.Popen, timeout_s: float,
         if not isinstance(event, dict):
             continue
         if event.get("event") == "progress" and progress is not None:
-            progress(TrainProgress(int(event["step"]), int(event["steps"]),
-                                   float(event["loss"]), float(event["elapsed_s"])))
+            progress(
+                TrainProgress(
+                    int(event["step"]),
+                    int(event["steps"]),
+                    float(event["loss"]),
+                    float(event["elapsed_s"]),
+                )
+            )
         elif event.get("event") == "done":
             adapter_dir = str(event["adapter_dir"])
     try:
