@@ -1,7 +1,7 @@
 """LangGraph Studio's server runs our graphs from the README's command, offline.
 
 Starts `langgraph dev` on langgraph.json from the repo root, as a user would, and runs the
-assistant graph through the LangGraph SDK: the embedded model, MCP tools in a subprocess,
+assistant graph through the LangGraph SDK: the embedded model, MCP tools on per-call sessions,
 and the server's own checkpointer. `langgraph dev` also rejects blocking calls on its event
 loop, so a factory that blocks fails here the way it would fail in Studio.
 """
@@ -62,7 +62,7 @@ def _server_env() -> dict[str, str]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Terminate the server and the MCP subprocesses it started (its own process group)."""
+    """Terminate the server and anything it started (its own process group)."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -12,7 +12,7 @@ from homespun.spec import load_spec
 
 
 @pytest.mark.slow
-async def test_stateless_tools_call_the_core_server_subprocess(settings):
+async def test_stateless_tools_call_the_in_process_core_server(settings):
     init_home(settings)
     spec = load_spec(settings.spec_path)
     loaded = await load_tools_stateless(spec, settings)
