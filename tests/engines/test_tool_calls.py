@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -24,7 +24,15 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.tools import tool
 from pydantic import Field
 
-from homespun.engines.tool_calls import ToolCallingChatModel, recover_tool_calls
+from homespun.engines.tool_calls import (
+    ToolCallingChatModel,
+    build_reply_schema,
+    recover_tool_calls,
+    render_for_constrained_json,
+    render_for_native,
+    scan_tool_calls,
+)
+from homespun.spec import RenderingSpec
 from tests.stubs import RecordedRequest, RecordingStub, Reply, chat_completion, sse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,6 +163,14 @@ CALC_CALL = {"name": "calculator", "args": {"expression": "37 * 41"}}
         '{"function": {"name": "calculator", "arguments": {"expression": "37 * 41"}}}',
         '[{"name": "calculator", "arguments": {"expression": "37 * 41"}}]',
         '<tool_call>\n{"name": "calculator", "arguments": {"expression": "37 * 41"}}\n</tool_call>',
+        # prose before or after a fenced or bare call (Qwen2.5-Coder does both)
+        'Sure! {"name": "calculator", "arguments": {"expression": "37 * 41"}}',
+        'I will use the calculator.\n```json\n{"name": "calculator", "arguments": '
+        '{"expression": "37 * 41"}}\n```\nThe result will be shown next.',
+        '```json\n{"tool": "calculator", "arguments": {"expression": "37 * 41"}}\n```\n'
+        "This multiplies the two numbers.",
+        'Let me compute it: <tool_call>{"name": "calculator", "arguments": '
+        '{"expression": "37 * 41"}}</tool_call> done',
     ],
 )
 def test_recover_accepts_known_forms_for_bound_names(text: str) -> None:
@@ -184,7 +200,6 @@ def test_recover_list_gives_every_call_with_distinct_ids() -> None:
         '[{"name": "calculator", "arguments": {}}, {"name": "nope", "arguments": {}}]',
         '{"name": "calculator", "arguments": {"expression": "1"}, "note": "extra key"}',
         '{"name": "calculator", "arguments": "not json"}',
-        'Sure! {"name": "calculator", "arguments": {"expression": "1"}}',  # prose around
         '{"name": "calculator", "arguments": {"expression": "1"}',  # cut off
         '{"answer": "42"}',
         "The answer is 42.",
@@ -194,6 +209,61 @@ def test_recover_list_gives_every_call_with_distinct_ids() -> None:
 )
 def test_recover_rejects_everything_else(text: str) -> None:
     assert recover_tool_calls(text, {"calculator"}) is None
+
+
+def test_recover_finds_every_call_in_order_with_prose_between() -> None:
+    text = (
+        "First the product:\n"
+        '```json\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n```\n'
+        "then the fact:\n"
+        '```json\n{"name": "remember", "arguments": {"fact": "likes tea"}}\n```\n'
+        "Both results will follow."
+    )
+    scan = scan_tool_calls(text, {"calculator", "remember"})
+    assert [c["name"] for c in scan.calls] == ["calculator", "remember"]
+    assert scan.prefix == "First the product:\n" and scan.unparsed == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "cut_off", "reason_part"),
+    [
+        # a fenced block naming a bound tool whose JSON is invalid
+        (
+            'Sure.\n```json\n{"name": "calculator", "arguments": {"expression": "1",}}\n```',
+            False,
+            "'calculator' is not valid JSON",
+        ),
+        ("```json\n{'name': 'calculator', 'arguments': {}}\n```", False, "not valid JSON"),
+        # cut off mid-JSON, mid-name, and (finish_reason length) before the name
+        ('{"name": "calculator", "arguments": {"expression": "37 *', False, "cut off"),
+        ('I will compute it. {"name": "calc', False, "cut off"),
+        ('```json\n{"na', True, "cut off inside a tool call"),
+        # complete, shaped like a call, but not readable
+        ('{"name": "calculator", "arguments": "not json"}', False, "arguments"),
+        ('[{"name": "calculator", "arguments": {}}, {"name": "nope"}]', False, "'nope'"),
+    ],
+)
+def test_scan_names_what_looks_like_a_call_but_cannot_be_read(
+    text: str, cut_off: bool, reason_part: str
+) -> None:
+    scan = scan_tool_calls(text, {"calculator"}, cut_off=cut_off)
+    assert scan.calls == [] and reason_part in scan.unparsed
+    assert recover_tool_calls(text, {"calculator"}) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "web_search", "arguments": {"q": "x"}}',  # not a bound tool
+        '{"name": "calculator", "description": "Adds.", "parameters": {}}',  # a description
+        'The key is "name": "calculator", as the docs say.',  # prose, no JSON
+        '{"answer": "It is',  # an answer cut off is not a call...
+        '{"na',  # ...nor is this unless the reply hit its token cap
+        "Use {braces} like [this].",
+    ],
+)
+def test_scan_leaves_text_that_is_no_call_alone(text: str) -> None:
+    assert scan_tool_calls(text, {"calculator"}) == scan_tool_calls("", {"calculator"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +283,66 @@ def test_native_binds_tools_on_inner_and_recovers_json_text() -> None:
     assert reply.response_metadata["finish_reason"] == "stop"
     assert inner.bound[0]["tool_choice"] == "auto"
     assert [t["function"]["name"] for t in inner.calls[0]["kwargs"]["tools"]] == ["calculator"]
+
+
+PROSE_CALL = [
+    "I will use the calculator.\n```",
+    'json\n{"name": "calculator", "arg',
+    'uments": {"expression": "37 * 41"}}\n```\n',
+    "It returned 1517, so the answer is 1517.",
+]
+
+
+@pytest.mark.parametrize("inner_cls", [StreamingScriptedChatModel, ScriptedChatModel])
+async def test_native_recovers_a_fenced_call_between_prose_the_same_in_every_mode(
+    inner_cls,
+) -> None:
+    replies = await _all_four(lambda: _wrap(inner_cls(outputs=[PROSE_CALL])))
+    for reply in replies:
+        assert _single_call(reply) == CALC_CALL
+        # the prose before the call stays; the made-up result after it is dropped
+        assert reply.content == "I will use the calculator.\n"
+        assert "tool_call_parse_error" not in reply.response_metadata
+    chunks = list(_wrap(inner_cls(outputs=[PROSE_CALL])).stream("x"))
+    assert "1517" not in "".join(c.content for c in chunks)
+
+
+@pytest.mark.parametrize("inner_cls", [StreamingScriptedChatModel, ScriptedChatModel])
+@pytest.mark.parametrize(
+    ("pieces", "finish_reason"),
+    [
+        (['Let me check.\n```json\n{"name": "calcu', 'lator", "arguments": {"expr'], "length"),
+        (
+            ["```json\n", '{"name": "calculator", ', '"arguments": {"expression": "1",}}\n```'],
+            "stop",
+        ),
+        (["```json\n", '{"na'], "length"),
+    ],
+)
+async def test_native_unreadable_call_is_never_the_answer(inner_cls, pieces, finish_reason):
+    def make() -> ToolCallingChatModel:
+        inner = inner_cls(
+            outputs=[
+                AIMessage(
+                    content="".join(pieces),
+                    usage_metadata=USAGE,
+                    response_metadata={"finish_reason": finish_reason},
+                )
+            ]
+        )
+        return _wrap(inner)
+
+    for reply in await _all_four(make):
+        assert reply.tool_calls == [] and reply.content in ("", "Let me check.\n")
+        assert reply.response_metadata["tool_call_parse_error"]
+        assert reply.response_metadata["unparsed_tool_call"] == "".join(pieces)
+    assert not any("{" in c.content for c in make().stream("x"))
+
+
+def test_native_stream_shows_prose_before_a_call_as_it_comes() -> None:
+    chunks = list(_wrap(StreamingScriptedChatModel(outputs=[PROSE_CALL])).stream("x"))
+    texts = [c.content for c in chunks if c.content]
+    assert texts[0] == "I will use the calculator.\n"  # before the rest of the reply arrived
 
 
 def test_native_required_is_passed_as_langchain_any() -> None:
@@ -451,15 +581,214 @@ def test_constrained_tool_call_keeps_inner_metadata() -> None:
     ("raw", "reason_part"),
     [
         ('{"answer": "The result is', "not complete JSON"),  # cut off by max_tokens
-        ('{"tool": "web_search", "arguments": {}}', "unknown tool"),
         ("", "empty"),
+        ("I think the answer is 5", "not complete JSON"),  # prose (no grammar)
     ],
 )
 def test_constrained_unparseable_reply_is_text_with_error(raw: str, reason_part: str) -> None:
     reply = _wrap(ScriptedChatModel(outputs=[raw]), "constrained_json").invoke("x")
     assert reply.content == raw and reply.tool_calls == []
     assert reason_part in reply.response_metadata["tool_call_parse_error"]
+    assert "unparsed_tool_call" not in reply.response_metadata
     assert reply.usage_metadata["total_tokens"] == 18
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason_part"),
+    [
+        ('{"tool": "web_search", "arguments": {}}', "unknown tool"),
+        ('{"tool": "calculator", "arguments": {"expression": "37 *', "calculator"),  # cut off
+        ('{"tool": "calcu', "cut off"),
+        ('{"to', "not complete JSON"),
+        ('[{"tool": "calc', "cut off"),
+    ],
+)
+@pytest.mark.parametrize("inner_cls", [StreamingScriptedChatModel, ScriptedChatModel])
+async def test_constrained_unreadable_tool_call_is_never_the_answer(
+    raw: str, reason_part: str, inner_cls
+) -> None:
+    """A reply that is a tool call the parser cannot read has no content, in every mode: the
+    raw text is kept in response_metadata for the trace, and nothing of it is streamed."""
+    pieces = _split_everywhere(raw, 3)
+    replies = await _all_four(lambda: _wrap(inner_cls(outputs=[pieces]), "constrained_json"))
+    for reply in replies:
+        assert reply.content == "" and reply.tool_calls == []
+        assert reason_part in reply.response_metadata["tool_call_parse_error"]
+        assert reply.response_metadata["unparsed_tool_call"] == raw
+    chunks = list(_wrap(inner_cls(outputs=[pieces]), "constrained_json").stream("x"))
+    assert not any(c.content for c in chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering ([agent.rendering])
+# --------------------------------------------------------------------------------------------
+
+
+@tool
+def lookup(
+    query: Annotated[str, Field(description="Words to look for, e.g. 'passport'")],
+    limit: int = 3,
+) -> str:
+    """Search the notes."""
+    return "hits"
+
+
+HISTORY = [
+    SystemMessage(content="Be brief."),
+    HumanMessage(content="What is 37 * 41 and remember it"),
+    AIMessage(
+        content="",
+        tool_calls=[
+            {"name": "calculator", "args": {"expression": "37 * 41"}, "id": "c1"},
+            {"name": "remember", "args": {"fact": "1517"}, "id": "c2"},
+        ],
+    ),
+    ToolMessage(content="1517", tool_call_id="c1", name="calculator"),
+    ToolMessage(content="disk full", tool_call_id="c2", status="error"),
+]
+
+
+def _openai(*tools_) -> list[dict[str, Any]]:
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    return [convert_to_openai_tool(t) for t in tools_]
+
+
+def test_catalog_arguments_names_types_descriptions_or_full_schema() -> None:
+    def system(style: str) -> str:
+        rendering = RenderingSpec(catalog_arguments=style)
+        rendered = render_for_constrained_json(HISTORY[:2], _openai(lookup), "auto", rendering)
+        return rendered[0].content
+
+    assert 'Arguments: {"query": string, "limit": integer (optional)}' in system("names_types")
+    assert "e.g. 'passport'" not in system("names_types")
+    described = system("descriptions")
+    assert "\"query\": string - Words to look for, e.g. 'passport'" in described
+    assert '"limit": integer (optional)' in described
+    full = system("full_schema")
+    schema = json.loads(full.split("Arguments (JSON schema): ", 1)[1].splitlines()[0])
+    assert schema["properties"]["query"]["description"].startswith("Words to look for")
+    assert schema["required"] == ["query"]
+
+
+def test_reply_protocol_explicit_says_results_are_never_written_by_the_model() -> None:
+    tools_ = _openai(calculator)
+    brief = render_for_constrained_json(HISTORY[:2], tools_, "auto")[0].content
+    explicit = render_for_constrained_json(
+        HISTORY[:2], tools_, "auto", RenderingSpec(reply_protocol="explicit")
+    )[0].content
+    assert "When you have the final answer" in brief and "never write" not in brief
+    assert "If the question needs a tool, call it first" in explicit
+    assert "never write a tool result yourself" in explicit
+    assert '{"answer": "..."}' in explicit
+    required = render_for_constrained_json(
+        HISTORY[:2], tools_, "required", RenderingSpec(reply_protocol="explicit")
+    )[0].content
+    assert "You must call one of the tools" in required and '{"answer"' not in required
+
+
+def test_parallel_calls_schema_prompt_history_and_reply() -> None:
+    tools_ = _openai(calculator, remember)
+    single = build_reply_schema(tools_, "auto")
+    assert not any(b.get("type") == "array" for b in single["anyOf"])
+    schema = build_reply_schema(tools_, "auto", parallel_calls=True)
+    (array,) = [b for b in schema["anyOf"] if b.get("type") == "array"]
+    assert [b["properties"]["tool"]["const"] for b in array["items"]["anyOf"]] == [
+        "calculator",
+        "remember",
+    ]
+    assert schema["anyOf"][-1]["properties"] == {"answer": {"type": "string"}}
+
+    inner = ScriptedChatModel(
+        outputs=[
+            '[{"tool": "calculator", "arguments": {"expression": "37 * 41"}}, '
+            '{"tool": "remember", "arguments": {"fact": "1517"}}]'
+        ]
+    )
+    model = _wrap(
+        inner,
+        "constrained_json",
+        tools=[calculator, remember],
+        rendering=RenderingSpec(parallel_calls=True),
+    )
+    reply = model.invoke(HISTORY)
+    assert [c["name"] for c in reply.tool_calls] == ["calculator", "remember"]
+    sent = inner.calls[0]
+    body_schema = sent["kwargs"]["response_format"]["json_schema"]["schema"]
+    assert any(b.get("type") == "array" for b in body_schema["anyOf"])
+    messages = sent["messages"]
+    assert "To call several tools in one step" in messages[0].content
+    assert json.loads(messages[2].content) == [  # the earlier two calls, as one list
+        {"tool": "calculator", "arguments": {"expression": "37 * 41"}},
+        {"tool": "remember", "arguments": {"fact": "1517"}},
+    ]
+
+
+def test_result_templates_and_continuation_in_constrained_json() -> None:
+    rendering = RenderingSpec(
+        result_template='<tool_result name="{name}">{result}</tool_result>',
+        error_template="{name} failed: {result}",
+        continuation="Call another tool or give the final answer.",
+    )
+    rendered = render_for_constrained_json(
+        HISTORY, _openai(calculator, remember), "auto", rendering
+    )
+    assert rendered[-1].content == (
+        '<tool_result name="calculator">1517</tool_result>\n\n'
+        "remember failed: disk full\n\n"
+        "Call another tool or give the final answer."
+    )
+    assert 'starts with "<tool_result name="<name>">"' in rendered[0].content
+    assert "Tool <name> returned" not in rendered[0].content
+
+
+def test_result_framing_tool_message_in_constrained_json_keeps_the_chat_templates_roles() -> None:
+    rendering = RenderingSpec(result_framing="tool_message", continuation="Go on.")
+    rendered = render_for_constrained_json(
+        [*HISTORY, AIMessage(content="1517, saved.")],
+        _openai(calculator, remember),
+        "auto",
+        rendering,
+    )
+    assert [m.type for m in rendered] == ["system", "human", "ai", "tool", "tool", "human", "ai"]
+    assert [c["id"] for c in rendered[2].tool_calls] == ["c1", "c2"]
+    assert rendered[3].content == "1517" and rendered[5].content == "Go on."
+    assert json.loads(rendered[6].content) == {"answer": "1517, saved."}
+    assert "comes back in a tool message" in rendered[0].content
+
+
+def test_native_history_is_unchanged_by_default_and_reframed_on_request() -> None:
+    assert render_for_native(HISTORY) == HISTORY
+    with_continuation = render_for_native(HISTORY, RenderingSpec(continuation="Go on."))
+    assert with_continuation[:-1] == HISTORY and with_continuation[-1].content == "Go on."
+
+    as_user = render_for_native(HISTORY, RenderingSpec(result_framing="user_message"))
+    assert [m.type for m in as_user] == ["system", "human", "ai", "human"]
+    assert not as_user[2].tool_calls
+    assert [json.loads(line) for line in as_user[2].content.splitlines()] == [
+        {"name": "calculator", "arguments": {"expression": "37 * 41"}},
+        {"name": "remember", "arguments": {"fact": "1517"}},
+    ]
+    assert as_user[3].content == (
+        "Tool calculator returned:\n1517\n\nTool remember returned an error:\ndisk full"
+    )
+
+    inner = ScriptedChatModel(outputs=["It is 1517."])
+    rendering = RenderingSpec(result_framing="user_message")
+    model = _wrap(inner, tools=[calculator, remember], rendering=rendering)
+    assert model.invoke(HISTORY).content == "It is 1517."
+    assert [m.type for m in inner.calls[0]["messages"]] == ["system", "human", "ai", "human"]
+
+
+def test_constrained_without_grammar_recovers_a_call_wrapped_in_prose() -> None:
+    inner = ScriptedChatModel(
+        outputs=[
+            'I need the calculator: {"tool": "calculator", "arguments": {"expression": '
+            '"37 * 41"}} and then I will answer.'
+        ]
+    )
+    reply = _wrap(inner, "constrained_json", json_transport="none").invoke("x")
+    assert _single_call(reply) == CALC_CALL
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
 from homespun.engines.testing import ScriptedChatModel, tool_call
+from homespun.engines.tool_calls import ToolCallingChatModel
 from homespun.graphs import runner as runner_mod
-from homespun.graphs.assistant import parse_plan
+from homespun.graphs.assistant import parse_plan, prompt_messages
 from homespun.graphs.runner import run_assistant
-from homespun.spec import FewShotExample, Spec, VerifierSpec
+from homespun.spec import FewShotExample, RenderingSpec, Spec, VerifierSpec
 from homespun.stores.traces import StopReason, Trace, TraceStore
 
 
@@ -344,3 +345,152 @@ async def test_repeat_guard_asks_for_the_answer_instead_of_rerunning_a_tool(sett
     )
     assert res.trace.status == "error" and len(res.trace.tool_calls) == 3
     assert res.trace.stop_reason is StopReason.TURN_LIMIT
+
+
+# --------------------------------------------------------------------------- tool calls as text
+
+
+def engine(fmt: str, *script, rendering: RenderingSpec | None = None) -> ToolCallingChatModel:
+    """The engine wrapper the runtime uses, around a scripted backend."""
+    return ToolCallingChatModel(
+        inner=ScriptedChatModel(script=list(script)),
+        tool_call_format=fmt,
+        rendering=rendering or RenderingSpec(),
+    )
+
+
+CUT_OFF_CALL = AIMessage(
+    content="Let me compute that.\n"
+    '```json\n{"name": "calculator", "arguments": {"expression": "12 *',
+    response_metadata={"finish_reason": "length"},
+)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "reply"),
+    [
+        ("native", CUT_OFF_CALL),  # cut off by max_tokens mid-JSON
+        ("native", '```json\n{"name": "calculator", "arguments": {"expression": "12 * 13",}}\n```'),
+        ("constrained_json", '{"tool": "calculator", "arguments": {"expression": "12 *'),
+        ("constrained_json", '{"tool": "weather", "arguments": {"city": "Oslo"}}'),
+    ],
+)
+@pytest.mark.parametrize("loop", ["react", "plan_execute"])
+async def test_an_unreadable_tool_call_is_never_the_answer(settings, fmt, reply, loop):
+    script = ["1. Multiply", reply] if loop == "plan_execute" else [reply]
+    tokens: list[str] = []
+    res = await run_assistant(
+        spec_with(loop),
+        settings,
+        "What is 12 * 13? Use the calculator.",
+        model=engine(fmt, *script),
+        tools=[calculator],
+        on_token=tokens.append,
+    )
+    t = res.trace
+    assert t.status == "error" and t.final_answer is None
+    assert t.stop_reason is StopReason.UNPARSED_TOOL_CALL
+    assert t.error.startswith("the model wrote a tool call that could not be parsed: ")
+    assert t.tool_calls == []
+    assert not any("{" in token for token in tokens)  # nothing of the call was shown
+    stored = TraceStore(settings.traces_db).get(t.id)
+    assert stored.stop_reason is StopReason.UNPARSED_TOOL_CALL and stored.status == "error"
+
+
+async def test_a_call_written_between_prose_is_run(settings):
+    reply = (
+        "I'll use the calculator.\n"
+        '```json\n{"name": "calculator", "arguments": {"expression": "12 * 13"}}\n```\n'
+        "The calculator returned 999."
+    )
+    model = engine("native", reply, "12 * 13 = 156")
+    res = await run_assistant(
+        spec_with("react"), settings, "12*13?", model=model, tools=[calculator]
+    )
+    assert res.trace.status == "ok" and res.answer == "12 * 13 = 156"
+    assert [(c.name, c.result) for c in res.trace.tool_calls] == [("calculator", "156")]
+    assert res.trace.stop_reason is StopReason.ANSWERED
+
+
+async def test_parallel_calls_run_in_order_and_every_result_is_fed_back(settings):
+    calls = (
+        '[{"tool": "calculator", "arguments": {"expression": "2 * 3"}}, '
+        '{"tool": "calculator", "arguments": {"expression": "4 * 5"}}]'
+    )
+    model = engine(
+        "constrained_json",
+        calls,
+        '{"answer": "6 and 20"}',
+        rendering=RenderingSpec(parallel_calls=True, continuation="Now answer."),
+    )
+    res = await run_assistant(
+        spec_with("react", few_shot=[]), settings, "2*3 and 4*5?", model=model, tools=[calculator]
+    )
+    assert res.trace.status == "ok" and res.answer == "6 and 20"
+    assert [(c.arguments["expression"], c.result) for c in res.trace.tool_calls] == [
+        ("2 * 3", "6"),
+        ("4 * 5", "20"),
+    ]
+    assert res.trace.model_calls == 2  # both calls in one step
+    second = model.inner.calls[1]["messages"]
+    assert second[-1].content == (
+        "Tool calculator returned:\n6\n\nTool calculator returned:\n20\n\nNow answer."
+    )
+
+
+# --------------------------------------------------------------------------- few-shot style
+
+EXAMPLES = [
+    FewShotExample(
+        user="Where is my passport? Search memory.",
+        tool="search_memory",
+        arguments={"query": "passport"},
+        tool_result="[3] My passport is in the desk drawer.",
+        assistant="Your passport is in the desk drawer.",
+    ),
+    FewShotExample(user="Say hi.", assistant="Hi!"),
+]
+
+
+def test_few_shot_as_turns_is_a_made_up_earlier_exchange():
+    spec = spec_with("react", few_shot=EXAMPLES)
+    assert spec.agent.rendering.few_shot_style == "turns"  # the default
+    sent = prompt_messages(spec.agent, [HumanMessage("What is 12 * 13?")])
+    assert [type(m) for m in sent] == [
+        SystemMessage,
+        HumanMessage,
+        AIMessage,
+        ToolMessage,
+        AIMessage,
+        HumanMessage,
+        AIMessage,
+        HumanMessage,
+    ]
+    assert sent[0].content == spec.agent.system_prompt
+    assert sent[2].tool_calls[0]["args"] == {"query": "passport"}
+    assert sent[4].content == "Your passport is in the desk drawer."
+
+
+async def test_few_shot_as_a_system_block_is_not_part_of_the_conversation(settings):
+    spec = spec_with("react", few_shot=EXAMPLES)
+    spec.agent.rendering.few_shot_style = "system_block"
+    sent = prompt_messages(spec.agent, [HumanMessage("What is 12 * 13?")], "Answer now.")
+    assert [m.content for m in sent[1:]] == ["What is 12 * 13?", "Answer now."]
+    system = sent[0].content
+    assert system.startswith(spec.agent.system_prompt + "\n\n## Examples\n")
+    assert "not part of this conversation" in system
+    assert (
+        "Example 1\nUser: Where is my passport? Search memory.\n"
+        'Tool call: {"tool": "search_memory", "arguments": {"query": "passport"}}\n'
+        "Tool result: [3] My passport is in the desk drawer.\n"
+        "Answer: Your passport is in the desk drawer.\n\nExample 2\nUser: Say hi.\nAnswer: Hi!"
+    ) in system
+    assert system.rstrip().endswith("(End of the examples. The conversation follows.)")
+
+    # and in a run, through the constrained_json engine: one system message, then the user
+    model = engine("constrained_json", '{"answer": "156"}')
+    res = await run_assistant(spec, settings, "12*13?", model=model, tools=[calculator])
+    assert res.answer == "156"
+    messages = model.inner.calls[0]["messages"]
+    assert [m.type for m in messages] == ["system", "human"]
+    assert "## Examples" in messages[0].content and "## Tools" in messages[0].content

@@ -162,6 +162,19 @@ def test_no_tool_call_needs_the_task_to_say_it_needs_a_tool():
         (StopReason.NO_ANSWER, "error", None, "engine_error"),
         (StopReason.INTERNAL_ERROR, "error", "GraphRecursionError: ...", "engine_error"),
         (StopReason.CANCELLED, "running", None, "engine_error"),  # never finished
+        # A call the model wrote so that it could not be read: a malformed call.
+        (
+            StopReason.UNPARSED_TOOL_CALL,
+            "error",
+            "the model wrote a tool call that could not be parsed: a call to 'add' is cut off",
+            "bad_arguments",
+        ),
+        (
+            StopReason.UNPARSED_TOOL_CALL,
+            "error",
+            "the model wrote a tool call that could not be parsed: reply calls unknown tool 'x'",
+            "unknown_tool",
+        ),
         # Runs that ended with an answer are judged by their tool calls and the grader.
         (StopReason.ANSWERED, "ok", None, "wrong_answer"),
         (StopReason.REPEAT_GUARD, "ok", None, "wrong_answer"),

@@ -149,6 +149,42 @@ async def test_random_proposals_apply_and_cover_every_primitive():
     } <= ops
 
 
+async def test_random_draws_rendering_choices_and_texts_that_apply():
+    import random
+
+    from homespun.learning.proposers.random_templates import TemplateInput, draw_op
+
+    ops: set[str] = set()
+    for seed in range(30):
+        ctx = _ctx(seed=seed, max_proposals=6)
+        proposals = await RandomTemplateProposer().propose(ctx)
+        _assert_admissible(ctx, proposals, "random")  # applies and changes the spec
+        ops.update(o.op for p in proposals for o in p.ops)
+    assert {"set_rendering_param", "set_rendering_text"} <= ops
+
+    cluster = _diagnosis().clusters[1]
+    for fmt in ("constrained_json", "native"):
+        spec = Spec()
+        spec.engine.tool_call_format = fmt
+        drawn: dict[str, set[str]] = {"set_rendering_param": set(), "set_rendering_text": set()}
+        for i in range(600):
+            t = TemplateInput(spec, cluster, "arithmetic", ["arithmetic"], TOOLS, random.Random(i))
+            op = draw_op(t, "agent")
+            if op is None or op.op not in drawn:
+                continue
+            drawn[op.op].add(op.param)
+            new = apply_proposal(spec, Proposal(target_cluster=cluster.id, ops=[op]))
+            assert new.agent.rendering != spec.agent.rendering
+            if op.op == "set_rendering_param" and op.param == "result_framing":
+                # "auto" already is the format's own framing: draw the other one
+                assert op.value == ("user_message" if fmt == "native" else "tool_message")
+        choices = {"result_framing", "few_shot_style"}  # what the native rendering reads
+        if fmt == "constrained_json":
+            choices |= {"catalog_arguments", "reply_protocol", "parallel_calls"}
+        assert drawn["set_rendering_param"] == choices
+        assert drawn["set_rendering_text"] == {"result_template", "error_template", "continuation"}
+
+
 async def test_random_prompt_hints_are_keyed_by_the_cluster():
     hints = []
     for seed in range(20):

@@ -51,6 +51,8 @@ from homespun.spec.edits import (
     SetGenerationParam,
     SetMemoryParam,
     SetModel,
+    SetRenderingParam,
+    SetRenderingText,
     SetToolDescription,
     TrainLora,
     apply_proposal,
@@ -58,7 +60,7 @@ from homespun.spec.edits import (
     risk_tier,
 )
 from homespun.spec.models import OP_NAMES
-from tests.stubs import chat_api
+from tests.stubs import chat_api, chat_completion
 
 
 @tool
@@ -597,6 +599,119 @@ async def test_set_memory_param_top_k_limits_search_memory_hits(settings):
     assert len(hits) == 2 and all("tea fact number" in h for h in hits)
 
 
+# --------------------------------------------------------------------------- rendering
+
+
+def round_trip(expression: str):
+    """A loopback engine that calls the calculator on every odd request and answers on every
+    even one (constrained JSON; a native request gets the call as JSON text)."""
+    count = {"n": 0}
+
+    def handle(request) -> dict:
+        body = request.json or {}
+        count["n"] += 1
+        call = {"tool": "calculator", "arguments": {"expression": expression}}
+        reply = call if count["n"] % 2 else {"answer": "42"}
+        return chat_completion(json.dumps(reply), model=body.get("model", "x"))
+
+    return handle
+
+
+async def round_trip_bodies(spec: Spec, settings, http_stub, expression="6 * 7") -> list[dict]:
+    """The two request bodies of a run that calls the calculator once, then answers."""
+    http_stub.handler = round_trip(expression)
+    before = len(http_stub.bodies)
+    res = await run_assistant(spec, settings, "6*7?", tools=[calculator], persist=False)
+    assert res.trace.status == "ok", res.trace.error
+    assert res.trace.tool_calls[0].name == "calculator"
+    bodies = http_stub.bodies[before:]
+    assert len(bodies) == 2
+    return bodies
+
+
+def _system(body: dict) -> str:
+    return body["messages"][0]["content"]
+
+
+def _branches(body: dict) -> list[dict]:
+    return body["response_format"]["json_schema"]["schema"]["anyOf"]
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "seen"),
+    [
+        ("catalog_arguments", "full_schema", lambda b: "Arguments (JSON schema)" in _system(b[0])),
+        ("catalog_arguments", "descriptions", lambda b: "  Arguments:\n" in _system(b[0])),
+        ("reply_protocol", "explicit", lambda b: "never write a tool result" in _system(b[0])),
+        ("parallel_calls", True, lambda b: any(x.get("type") == "array" for x in _branches(b[0]))),
+        ("result_framing", "tool_message", lambda b: b[1]["messages"][-1]["role"] == "tool"),
+        (
+            "few_shot_style",
+            "system_block",
+            lambda b: "## Examples" in _system(b[0]) and len(b[0]["messages"]) == 2,
+        ),
+    ],
+)
+async def test_set_rendering_param_changes_what_the_engine_is_sent(
+    settings, http_stub, param, value, seen
+):
+    spec = http_spec(http_stub.url("/v1"))  # constrained_json, the default few-shot examples
+    assert not seen(await round_trip_bodies(spec, settings, http_stub))
+    edited = apply(spec, SetRenderingParam(param=param, value=value))
+    assert getattr(edited.agent.rendering, param) == value
+    assert seen(await round_trip_bodies(edited, settings, http_stub))
+
+
+async def test_set_rendering_param_result_framing_in_native_mode(settings, http_stub):
+    spec = http_spec(http_stub.url("/v1"), tool_call_format="native")
+    bodies = await round_trip_bodies(spec, settings, http_stub)  # the call comes as JSON text
+    assert bodies[1]["messages"][-1]["role"] == "tool"
+    assert "tools" in bodies[1]
+    edited = apply(spec, SetRenderingParam(param="result_framing", value="user_message"))
+    bodies = await round_trip_bodies(edited, settings, http_stub)
+    last, call = bodies[1]["messages"][-1], bodies[1]["messages"][-2]
+    assert last == {"role": "user", "content": "Tool calculator returned:\n42"}
+    assert json.loads(call["content"]) == {
+        "name": "calculator",
+        "arguments": {"expression": "6 * 7"},
+    }
+    assert "tool_calls" not in call
+
+
+@pytest.mark.parametrize(
+    ("param", "text", "expression", "expected"),
+    [
+        (
+            "result_template",
+            '<tool_result name="{name}">{result}</tool_result>',
+            "6 * 7",
+            '<tool_result name="calculator">42</tool_result>',
+        ),
+        ("error_template", "{name} failed: {result}", "oops", "calculator failed: Error: "),
+        (
+            "continuation",
+            "Call another tool or give the final answer.",
+            "6 * 7",
+            "Tool calculator returned:\n42\n\nCall another tool or give the final answer.",
+        ),
+    ],
+)
+async def test_set_rendering_text_changes_how_tool_results_come_back(
+    settings, http_stub, param, text, expression, expected
+):
+    spec = http_spec(http_stub.url("/v1"))
+    bodies = await round_trip_bodies(spec, settings, http_stub, expression)
+    assert not bodies[1]["messages"][-1]["content"].startswith(expected)
+    edited = apply(spec, SetRenderingText(param=param, text=text))
+    bodies = await round_trip_bodies(edited, settings, http_stub, expression)
+    assert bodies[1]["messages"][-1]["content"].startswith(expected)
+    # an emptied continuation is no continuation
+    if param == "continuation":
+        back = apply(edited, SetRenderingText(param="continuation", text=""))
+        bodies = await round_trip_bodies(back, settings, http_stub, expression)
+        assert bodies[1]["messages"][-1]["content"] == "Tool calculator returned:\n42"
+
+
 def test_every_op_of_the_union_has_an_effect_test():
     ops = {cls.model_fields["op"].default for cls in typing.get_args(typing.get_args(EditOp)[0])}
     assert ops == set(OP_NAMES)
@@ -615,6 +730,8 @@ def test_every_op_of_the_union_has_an_effect_test():
         "remove_tool": test_remove_tool_and_add_tool_change_what_the_model_is_offered,
         "set_tool_description": test_set_tool_description_is_what_the_model_sees,
         "set_memory_param": test_set_memory_param_top_k_limits_search_memory_hits,
+        "set_rendering_param": test_set_rendering_param_changes_what_the_engine_is_sent,
+        "set_rendering_text": test_set_rendering_text_changes_how_tool_results_come_back,
     }
     assert set(effect_tests) == ops
 
@@ -722,6 +839,31 @@ async def test_compound_proposal_applies_every_op_across_primitives(settings):
             "agent.system_prompt",
         ),
         (EditFewShot(action="remove", index=7), "edit_few_shot", "agent.few_shot"),
+        (
+            SetRenderingParam(param="parallel_calls", value="full_schema"),
+            "set_rendering_param",
+            "agent.rendering.parallel_calls",
+        ),
+        (
+            SetRenderingParam(param="few_shot_style", value=True),
+            "set_rendering_param",
+            "agent.rendering.few_shot_style",
+        ),
+        (
+            SetRenderingParam(param="catalog_arguments", value="system_block"),
+            "set_rendering_param",
+            "agent.rendering.catalog_arguments",
+        ),
+        (
+            SetRenderingText(param="result_template", text="no placeholder"),
+            "set_rendering_text",
+            "agent.rendering.result_template",
+        ),
+        (
+            SetRenderingText(param="error_template", text="{tool}: {result}"),
+            "set_rendering_text",
+            "agent.rendering.error_template",
+        ),
         (EditFewShot(action="add"), "edit_few_shot", "edit_few_shot add needs an example"),
         (
             SetToolDescription(server="core", tool="calculator", description="   "),
@@ -829,6 +971,8 @@ async def test_an_applied_tricky_prompt_saved_and_loaded_is_what_the_model_gets(
             "auto",
         ),
         ([PatchSystemPrompt(mode="append", text="x")], "review"),
+        ([SetRenderingParam(param="few_shot_style", value="system_block")], "auto"),
+        ([SetRenderingText(param="continuation", text="Go on.")], "review"),
         ([SetAgentLoop(loop="simple")], "review"),
         (
             [
@@ -902,6 +1046,9 @@ def every_op() -> list:
         AddTool(server="core", tool="think"),
         SetToolDescription(server="core", tool="calculator", description="Math only."),
         SetMemoryParam(param="top_k", value=9),
+        SetRenderingParam(param="parallel_calls", value=True),
+        SetRenderingParam(param="catalog_arguments", value="full_schema"),
+        SetRenderingText(param="continuation", text="Call another tool or answer."),
     ]
 
 

@@ -155,3 +155,48 @@ def test_diff_lists_changed_fields(default_text):
     assert changes["intelligence.temperature"] == (0.0, 0.5)
     assert changes["tools.servers[0].descriptions.calculator"][1] == "Adds things."
     assert len(changes) == 2
+
+
+def test_rendering_defaults_are_the_original_rendering(default_text):
+    rendering = Spec().agent.rendering
+    assert rendering.model_dump() == {
+        "catalog_arguments": "names_types",
+        "reply_protocol": "brief",
+        "parallel_calls": False,
+        "result_framing": "auto",
+        "result_template": "Tool {name} returned:\n{result}",
+        "error_template": "Tool {name} returned an error:\n{result}",
+        "continuation": "",
+        "few_shot_style": "turns",
+    }
+    # the commented default spec writes the table out, with the same values
+    assert "[agent.rendering]" in default_text
+    assert parse_spec(default_text).agent.rendering == rendering
+
+
+def test_rendering_edits_save_in_place_and_round_trip(tmp_path, default_text):
+    path = tmp_path / "spec.toml"
+    path.write_text(default_text)
+    spec = load_spec(path)
+    spec.agent.rendering.result_template = '<tool_result name="{name}">\n{result}\n</tool_result>'
+    spec.agent.rendering.few_shot_style = "system_block"
+    save_spec(spec, path)
+    after = path.read_text()
+    assert 'few_shot_style = "system_block"' in after
+    assert "# names_types | descriptions | full_schema" in after  # comments kept
+    assert load_spec(path) == spec
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('result_template = "Result: {output}"', "{output}"),
+        ('error_template = "Tool {name} failed"', "must contain {result}"),
+        ('few_shot_style = "inline"', "few_shot_style"),
+        ("parallel_calls = 2", "parallel_calls"),
+    ],
+)
+def test_bad_rendering_values_name_the_field(line, reason):
+    with pytest.raises(SpecError) as err:
+        parse_spec(f"[agent.rendering]\n{line}\n")
+    assert "agent.rendering" in str(err.value) and reason in str(err.value)

@@ -198,7 +198,8 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
 
 
 def build_chat_model(spec: Spec, settings: Settings) -> ToolCallingChatModel:
-    """The chat model the assistant uses: backend + the spec's tool-call format."""
+    """The chat model the assistant uses: backend + the spec's tool-call format and the
+    rendering of tools and their results (`[agent.rendering]`)."""
     inner = build_backend_model(spec, settings)
     transport = {
         "ollama": "ollama_format",
@@ -208,4 +209,5 @@ def build_chat_model(spec: Spec, settings: Settings) -> ToolCallingChatModel:
         inner=inner,
         tool_call_format=spec.engine.tool_call_format,
         json_transport=transport,
+        rendering=spec.agent.rendering,
     )

@@ -13,6 +13,7 @@ the current question; the caller resets it with each new question.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -31,7 +32,8 @@ from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
-from homespun.spec import AgentSpec, Spec, VerifierSpec
+from homespun.engines.tool_calls import UNPARSED_TOOL_CALL_KEY
+from homespun.spec import AgentSpec, FewShotExample, Spec, VerifierSpec
 from homespun.stores.traces import StopReason
 
 # A tool result longer than this is cut: tool outputs are untrusted and must not be able
@@ -80,8 +82,9 @@ class AssistantState(TypedDict, total=False):
     step: int
     verifier_retries: int
     stop_reason: str
-    """'' while the run goes on; else a StopReason value the graph decided: turn_limit, or
-    repeat_guard / verifier_failed on the answer it ends with (reset by each model call)."""
+    """'' while the run goes on; else a StopReason value the graph decided: turn_limit,
+    unparsed_tool_call, or repeat_guard / verifier_failed on the answer it ends with (reset
+    by each model call)."""
 
 
 def new_question_state(question: HumanMessage) -> dict[str, Any]:
@@ -96,9 +99,37 @@ def new_question_state(question: HumanMessage) -> dict[str, Any]:
     }
 
 
+EXAMPLES_HEADING = "## Examples"
+EXAMPLES_NOTE = (
+    "These worked examples show how to use the tools. They are not part of this conversation: "
+    "their questions, tool results and answers are made up, so never use them to answer the "
+    "user."
+)
+
+
+def examples_block(examples: Sequence[FewShotExample]) -> str:
+    """The worked examples as a block of the system message (few_shot_style system_block)."""
+    lines = [EXAMPLES_HEADING, EXAMPLES_NOTE]
+    for i, example in enumerate(examples, 1):
+        lines += ["", f"Example {i}", f"User: {example.user}"]
+        if example.tool:
+            call = {"tool": example.tool, "arguments": dict(example.arguments)}
+            lines.append(f"Tool call: {json.dumps(call, ensure_ascii=False)}")
+            lines.append(f"Tool result: {example.tool_result}")
+        lines.append(f"Answer: {example.assistant}")
+    lines += ["", "(End of the examples. The conversation follows.)"]
+    return "\n".join(lines)
+
+
 def prompt_messages(
     agent: AgentSpec, messages: Sequence[BaseMessage], extra: str | None = None
 ) -> list[BaseMessage]:
+    """What the model is sent: the system prompt, the worked examples (as made-up earlier
+    turns, or as a block of the system message: `agent.rendering.few_shot_style`), the
+    conversation, and the node's instruction if any."""
+    if agent.few_shot and agent.rendering.few_shot_style == "system_block":
+        system = f"{agent.system_prompt.rstrip()}\n\n{examples_block(agent.few_shot)}"
+        return [SystemMessage(system), *messages, *([HumanMessage(extra)] if extra else [])]
     out: list[BaseMessage] = [SystemMessage(agent.system_prompt)]
     for i, example in enumerate(agent.few_shot):
         out.append(HumanMessage(example.user))
@@ -261,6 +292,10 @@ def build_assistant_graph(
                 "turns": turns + 1,
                 "stop_reason": StopReason.REPEAT_GUARD.value,
             }
+        if _unparsed_tool_call(reply):
+            # Looks like a tool call but could not be read: never an answer.
+            stop = StopReason.UNPARSED_TOOL_CALL.value
+            return {"messages": [reply], "turns": turns, "stop_reason": stop}
         return {"messages": [reply], "turns": turns, "stop_reason": ""}
 
     # ----- nodes
@@ -315,12 +350,19 @@ def build_assistant_graph(
     def out_of_turns(state: AssistantState) -> bool:
         return state.get("turns", 0) >= agent.max_turns
 
+    def unparsed(state: AssistantState) -> bool:
+        return state.get("stop_reason") == StopReason.UNPARSED_TOOL_CALL
+
     def after_agent(state: AssistantState) -> str:
+        if unparsed(state):
+            return END
         if state["messages"][-1].tool_calls:
             return "turn_limit" if out_of_turns(state) else "tools"
         return "verify"
 
     def after_execute(state: AssistantState) -> str:
+        if unparsed(state):
+            return END
         if state["messages"][-1].tool_calls:
             return "turn_limit" if out_of_turns(state) else "tools"
         if out_of_turns(state):
@@ -379,7 +421,7 @@ def build_assistant_graph(
             return "execute" if state.get("plan") else "answer"
 
         g.add_conditional_edges("plan", route_plan, ["execute", "answer"])
-        g.add_conditional_edges("execute", after_execute, ["tools", "turn_limit", "next_step"])
+        g.add_conditional_edges("execute", after_execute, ["tools", "turn_limit", "next_step", END])
         g.add_edge("tools", "execute")
         g.add_conditional_edges("next_step", after_next_step, ["execute", "answer"])
         g.add_conditional_edges("answer", after_answer_like, ["verify", END])
@@ -400,9 +442,13 @@ def _this_question(state: AssistantState) -> list[BaseMessage]:
     return list(messages)
 
 
-def _call_key(call: dict[str, Any]) -> str:
-    import json
+def _unparsed_tool_call(reply: Any) -> bool:
+    """A reply the engine marked as a tool call it could not read (engines.tool_calls)."""
+    metadata = getattr(reply, "response_metadata", None) or {}
+    return not getattr(reply, "tool_calls", None) and bool(metadata.get(UNPARSED_TOOL_CALL_KEY))
 
+
+def _call_key(call: dict[str, Any]) -> str:
     return f"{call['name']}({json.dumps(call.get('args') or {}, sort_keys=True)})"
 
 

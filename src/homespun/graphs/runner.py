@@ -36,6 +36,7 @@ from homespun.engines.telemetry import (
     electricity_usd_per_kwh,
     run_cost_usd,
 )
+from homespun.engines.tool_calls import PARSE_ERROR_KEY, UNPARSED_TOOL_CALL_KEY
 from homespun.mcp_servers.loader import ToolLoadError
 from homespun.spec import Settings, Spec
 from homespun.stores.sqlite import ensure_private_file
@@ -115,10 +116,20 @@ def _fill_trace(
     if stop == StopReason.TURN_LIMIT:
         trace.status, trace.error = "error", turn_limit_message(max_turns)
         trace.stop_reason = StopReason.TURN_LIMIT
+    elif stop == StopReason.UNPARSED_TOOL_CALL or (
+        isinstance(last, AIMessage)
+        and not last.tool_calls
+        and last.response_metadata.get(UNPARSED_TOOL_CALL_KEY)
+    ):
+        # What looks like a tool call but could not be read is never the answer.
+        why = last.response_metadata.get(PARSE_ERROR_KEY) if isinstance(last, AIMessage) else ""
+        trace.status = "error"
+        trace.error = f"the model wrote a tool call that could not be parsed: {why or 'unknown'}"
+        trace.stop_reason = StopReason.UNPARSED_TOOL_CALL
     elif isinstance(last, AIMessage) and not last.tool_calls:
         content = last.content if isinstance(last.content, str) else str(last.content)
         trace.final_answer = content
-        parse_error = last.response_metadata.get("tool_call_parse_error")
+        parse_error = last.response_metadata.get(PARSE_ERROR_KEY)
         trace.status = "ok"
         # The graph marks an answer the repeat guard asked for, or one a verifier still
         # rejects; any other answer is a plain one.

@@ -117,6 +117,9 @@ def failure_signature(trace: Trace, grade: Grade, task: Task | None = None) -> s
     reason = _stop_reason(trace)
     if reason is StopReason.TURN_LIMIT:
         return "turn_limit"
+    if reason is StopReason.UNPARSED_TOOL_CALL:
+        # The model tried to call a tool but wrote the call so that it could not be read.
+        return "unknown_tool" if "unknown tool" in error.lower() else "bad_arguments"
     # An old trace (no stop reason) that errored failed the same way.
     if reason in _RUN_FAILED or (reason is None and trace.status == "error"):
         return "engine_error"

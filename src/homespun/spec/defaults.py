@@ -62,6 +62,17 @@ arguments = {{ query = "passport" }}
 tool_result = "[3] My passport is in the desk drawer."
 assistant = "Your passport is in the desk drawer."
 
+# How the model is shown its tools, the reply protocol, tool results and the examples above.
+[agent.rendering]
+catalog_arguments = "names_types"  # names_types | descriptions | full_schema (constrained_json)
+reply_protocol = "brief"           # brief | explicit (constrained_json)
+parallel_calls = false             # constrained_json: several calls in one step, as a list
+result_framing = "auto"            # auto | user_message | tool_message
+result_template = "Tool {{name}} returned:\\n{{result}}"
+error_template = "Tool {{name}} returned an error:\\n{{result}}"
+continuation = ""                  # said after tool results, e.g. "Call another tool or answer."
+few_shot_style = "turns"           # turns (made-up earlier turns) | system_block
+
 [memory]
 backend = "sqlite_fts5"
 top_k = 5              # memories returned per search

@@ -20,7 +20,11 @@ from .models import (
     OP_NAMES,
     AdapterSpec,
     AgentLoop,
+    CatalogArguments,
     FewShotExample,
+    FewShotStyle,
+    ReplyProtocol,
+    ResultFraming,
     RiskTier,
     Spec,
     ToolCallFormat,
@@ -115,6 +119,37 @@ class AddVerifier(_Op):
     verifier: VerifierSpec
 
 
+RENDERING_CHOICES: dict[str, tuple[Any, ...]] = {
+    "catalog_arguments": CatalogArguments.__args__,  # type: ignore[attr-defined]
+    "reply_protocol": ReplyProtocol.__args__,  # type: ignore[attr-defined]
+    "parallel_calls": (False, True),
+    "result_framing": ResultFraming.__args__,  # type: ignore[attr-defined]
+    "few_shot_style": FewShotStyle.__args__,  # type: ignore[attr-defined]
+}
+"""The values each choice of `[agent.rendering]` takes (set_rendering_param)."""
+
+
+class SetRenderingParam(_Op):
+    """Choose how tools, the reply protocol, tool results or the worked examples are shown
+    to the model (a choice of `[agent.rendering]`)."""
+
+    op: Literal["set_rendering_param"] = "set_rendering_param"
+    param: Literal[
+        "catalog_arguments", "reply_protocol", "parallel_calls", "result_framing", "few_shot_style"
+    ]
+    value: bool | CatalogArguments | ReplyProtocol | ResultFraming | FewShotStyle
+
+
+class SetRenderingText(_Op):
+    """Rewrite a text of `[agent.rendering]`: how a tool result (or error) is written back to
+    the model ({name} and {result} are filled in), or the instruction after tool results
+    (empty = none)."""
+
+    op: Literal["set_rendering_text"] = "set_rendering_text"
+    param: Literal["result_template", "error_template", "continuation"]
+    text: str
+
+
 # --------------------------------------------------------------------------- Tools & Memory
 
 
@@ -158,6 +193,8 @@ EditOp = Annotated[
     | SetAgentParam
     | EditFewShot
     | AddVerifier
+    | SetRenderingParam
+    | SetRenderingText
     | AddTool
     | RemoveTool
     | SetToolDescription
@@ -176,6 +213,8 @@ PRIMITIVE_OF: dict[str, str] = {
     "set_agent_param": "agent",
     "edit_few_shot": "agent",
     "add_verifier": "agent",
+    "set_rendering_param": "agent",
+    "set_rendering_text": "agent",
     "add_tool": "tools",
     "remove_tool": "tools",
     "set_tool_description": "tools",
@@ -183,7 +222,8 @@ PRIMITIVE_OF: dict[str, str] = {
 }
 
 # The original system's table: parameters and tools are auto, prompts and loop changes are
-# reviewed, training is manual.
+# reviewed, training is manual. A rendering choice picks one of a few fixed renderings (auto);
+# a rendering text is prompt text the model reads (review).
 DEFAULT_TIERS: dict[str, RiskTier] = {
     "set_generation_param": "auto",
     "set_model": "auto",
@@ -193,11 +233,13 @@ DEFAULT_TIERS: dict[str, RiskTier] = {
     "remove_tool": "auto",
     "set_tool_description": "auto",
     "set_memory_param": "auto",
+    "set_rendering_param": "auto",
     "replace_system_prompt": "review",
     "patch_system_prompt": "review",
     "set_agent_loop": "review",
     "edit_few_shot": "review",
     "add_verifier": "review",
+    "set_rendering_text": "review",
     "train_lora": "manual",
 }
 _TIER_ORDER = {"auto": 0, "review": 1, "manual": 2}
@@ -309,6 +351,18 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
             spec.agent.few_shot = shots
         case AddVerifier(verifier=verifier):
             spec.agent.verifiers = [*spec.agent.verifiers, verifier]
+        case SetRenderingParam(param=param, value=value):
+            # the value's type union admits any choice's value (and 1 == True): check it
+            # against this param's choices and name the mismatch
+            choices = RENDERING_CHOICES[param]
+            if (param == "parallel_calls") != isinstance(value, bool) or value not in choices:
+                raise EditError(
+                    f"{where}: agent.rendering.{param} must be one of "
+                    f"{', '.join(map(repr, choices))}, got {value!r}"
+                )
+            setattr(spec.agent.rendering, param, value)
+        case SetRenderingText(param=param, text=text):
+            setattr(spec.agent.rendering, param, text)
         case AddTool(server=server, tool=tool):
             s = _server(spec, server, where)
             if tool not in s.disabled and s.allows(tool):
@@ -339,6 +393,8 @@ def _table_of(spec: Spec, op: Any) -> str:
         names = [s.name for s in spec.tools.servers]
         if op.server in names:
             return f"tools.servers[{names.index(op.server)}]"
+    if op.op in ("set_rendering_param", "set_rendering_text"):
+        return "agent.rendering"
     return PRIMITIVE_OF[op.op]
 
 

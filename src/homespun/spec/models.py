@@ -22,6 +22,10 @@ Backend = Literal["embedded", "ollama", "openai_compatible", "anthropic", "opena
 ToolCallFormat = Literal["native", "constrained_json"]
 AgentLoop = Literal["simple", "react", "plan_execute"]
 ToolPolicy = Literal["auto", "required_first", "none"]
+CatalogArguments = Literal["names_types", "descriptions", "full_schema"]
+ReplyProtocol = Literal["brief", "explicit"]
+ResultFraming = Literal["auto", "user_message", "tool_message"]
+FewShotStyle = Literal["turns", "system_block"]
 RiskTier = Literal["auto", "review", "manual"]
 
 # Every edit op (spec/edits.py); tier overrides may only name these.
@@ -40,6 +44,8 @@ OP_NAMES = (
     "remove_tool",
     "set_tool_description",
     "set_memory_param",
+    "set_rendering_param",
+    "set_rendering_text",
 )
 
 BUILTIN_SERVERS = ("core", "notes", "calendar", "feeds", "email")
@@ -261,6 +267,81 @@ def _default_few_shot() -> list[FewShotExample]:
     ]
 
 
+DEFAULT_RESULT_TEMPLATE = "Tool {name} returned:\n{result}"
+DEFAULT_ERROR_TEMPLATE = "Tool {name} returned an error:\n{result}"
+_TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_]+)\}")
+
+
+class RenderingSpec(_Strict):
+    """How the model is shown its tools, the reply protocol, tool results and the worked
+    examples. The defaults are homespun's original rendering; each field is a choice the
+    search can make per model (small models differ in what they copy)."""
+
+    catalog_arguments: CatalogArguments = Field(
+        "names_types",
+        description="constrained_json: how the tool catalog in the system message shows each "
+        "tool's arguments. names_types: names and types only (small models copy example text "
+        "from argument descriptions into their calls); descriptions: names, types and each "
+        "argument's description; full_schema: the JSON schema of the arguments. The decoding "
+        "grammar enforces the full schema either way.",
+    )
+    reply_protocol: ReplyProtocol = Field(
+        "brief",
+        description="constrained_json: the 'How to reply' text. brief: the JSON forms of a call "
+        "and of an answer, and how a result comes back; explicit: also says to call a tool "
+        "before answering when the question needs one, that results are shown to the model "
+        "and never written by it, and to answer only from results it was shown.",
+    )
+    parallel_calls: bool = Field(
+        False,
+        description="constrained_json: the reply may also be a JSON list of tool calls, made "
+        "in order in one step (each result is fed back); off: one call per step.",
+    )
+    result_framing: ResultFraming = Field(
+        "auto",
+        description="How a tool result is shown back to the model. user_message: as a user turn "
+        "written with result_template / error_template (tool calls shown as JSON text); "
+        "tool_message: as the chat template's tool message after a real tool-call turn; auto: "
+        "tool_message with native tool calls, user_message with constrained_json.",
+    )
+    result_template: str = Field(
+        DEFAULT_RESULT_TEMPLATE,
+        min_length=1,
+        description="The text of a tool result shown as a user turn; {name} is the tool, "
+        "{result} what it returned.",
+    )
+    error_template: str = Field(
+        DEFAULT_ERROR_TEMPLATE,
+        min_length=1,
+        description="The same for a tool that failed; {result} is the error.",
+    )
+    continuation: str = Field(
+        "",
+        description="An instruction shown right after each batch of tool results, e.g. "
+        "'Call another tool or give the final answer.'; empty = none.",
+    )
+    few_shot_style: FewShotStyle = Field(
+        "turns",
+        description="turns: each worked example is a made-up earlier exchange (question, tool "
+        "call, tool result, answer) before the conversation; system_block: the examples are "
+        "written out in the system message under a heading that says they are examples, not "
+        "part of the conversation.",
+    )
+
+    @field_validator("result_template", "error_template")
+    @classmethod
+    def _template_fields(cls, v: str) -> str:
+        unknown = sorted({f for f in _TEMPLATE_FIELD.findall(v) if f not in ("name", "result")})
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; "
+                "only {name} and {result} are filled in"
+            )
+        if "{result}" not in v:
+            raise ValueError("the template must contain {result}")
+        return v
+
+
 class AgentSpec(_Strict):
     """The reasoning loop and its prompts."""
 
@@ -284,6 +365,11 @@ class AgentSpec(_Strict):
         "ask it for the final answer instead (small models otherwise loop until max_turns).",
     )
     verifiers: list[VerifierSpec] = Field(default_factory=list)
+    rendering: RenderingSpec = Field(
+        default_factory=RenderingSpec,
+        description="How tools, the reply protocol, tool results and the worked examples are "
+        "shown to the model.",
+    )
 
 
 # --------------------------------------------------------------------------- tools

@@ -39,6 +39,10 @@ class StopReason(StrEnum):
     """The final answer still fails a verifier, whose retries are spent."""
     TURN_LIMIT = "turn_limit"
     """agent.max_turns model calls were used without a final answer."""
+    UNPARSED_TOOL_CALL = "unparsed_tool_call"
+    """The model wrote what looks like a tool call but it could not be read (cut off by the
+    token cap, invalid JSON naming a tool, a call to a tool it was not offered); it is never
+    shown as the answer."""
     ENGINE_ERROR = "engine_error"
     """The engine could not be built, or a model call raised (engine down, bad reply)."""
     TOOL_ERROR = "tool_error"

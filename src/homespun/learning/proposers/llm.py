@@ -159,6 +159,8 @@ def render_spec_summary(spec: Spec) -> str:
     else:
         lines.append("few_shot = []")
     lines.append(f"verifiers = {_v([v.model_dump() for v in a.verifiers])}")
+    lines += ["", "[agent.rendering]"]
+    lines += [f"{k} = {_v(v)}" for k, v in a.rendering.model_dump().items()]
     for s in spec.tools.servers:
         lines += [
             "",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from homespun.learning.clusters import Cluster
 from homespun.spec import Spec
 from homespun.spec.edits import (
+    RENDERING_CHOICES,
     AddVerifier,
     EditFewShot,
     EditOp,
@@ -31,6 +32,8 @@ from homespun.spec.edits import (
     SetEngineParam,
     SetGenerationParam,
     SetMemoryParam,
+    SetRenderingParam,
+    SetRenderingText,
     SetToolDescription,
 )
 from homespun.spec.models import FewShotExample, VerifierSpec
@@ -263,6 +266,59 @@ def _few_shot(t: TemplateInput) -> EditOp | None:
     return EditFewShot(action="add", example=example)
 
 
+# Rendering texts a template may draw: result framings that never read like an answer, and
+# instructions after tool results.
+_RESULT_TEMPLATES = (
+    (
+        '<tool_result name="{name}">\n{result}\n</tool_result>',
+        '<tool_error name="{name}">\n{result}\n</tool_error>',
+    ),
+    ("Result of {name}:\n{result}", "Error from {name}:\n{result}"),
+)
+_CONTINUATIONS = (
+    "Call another tool or give the final answer.",
+    "Now answer the user's question using only the results above.",
+    "",
+)
+
+
+# Rendering choices that only the constrained_json prompt and schema read.
+_CONSTRAINED_ONLY = ("catalog_arguments", "reply_protocol", "parallel_calls")
+
+
+def _rendering_choice(t: TemplateInput) -> EditOp | None:
+    """Another value of one `[agent.rendering]` choice that changes what this spec's model
+    is shown."""
+    rendering = t.spec.agent.rendering
+    native = t.spec.engine.tool_call_format == "native"
+    params = [p for p in sorted(RENDERING_CHOICES) if not (native and p in _CONSTRAINED_ONLY)]
+    param = t.rng.choice(params)
+    if param == "parallel_calls":
+        return SetRenderingParam(param=param, value=not rendering.parallel_calls)
+    if param == "result_framing":  # "auto" is one of the other two, per format
+        current = rendering.result_framing
+        if current == "auto":
+            current = "tool_message" if native else "user_message"
+        value = "user_message" if current == "tool_message" else "tool_message"
+        return SetRenderingParam(param=param, value=value)
+    value = _choice_other(t.rng, list(RENDERING_CHOICES[param]), getattr(rendering, param))
+    return SetRenderingParam(param=param, value=value)  # type: ignore[arg-type]
+
+
+def _rendering_text(t: TemplateInput) -> EditOp | None:
+    """Another result framing or continuation instruction."""
+    rendering = t.spec.agent.rendering
+    if t.rng.random() < 0.5:
+        result, error = t.rng.choice(_RESULT_TEMPLATES)
+        param = t.rng.choice(("result_template", "error_template"))
+        text = result if param == "result_template" else error
+        if getattr(rendering, param) == text:
+            return None
+        return SetRenderingText(param=param, text=text)
+    text = _choice_other(t.rng, list(_CONTINUATIONS), rendering.continuation)
+    return SetRenderingText(param="continuation", text=text)  # type: ignore[arg-type]
+
+
 def _verifier(t: TemplateInput) -> EditOp | None:
     if any(v.kind == "non_empty" for v in t.spec.agent.verifiers):
         return None
@@ -309,7 +365,17 @@ def _memory_top_k(t: TemplateInput) -> EditOp | None:
 CATALOG: dict[str, tuple[Template, ...]] = {
     "intelligence": (_temperature, _top_k, _max_tokens, _repeat_penalty),
     "engine": (_tool_call_format, _context_length),
-    "agent": (_prompt_hint, _tool_policy, _max_turns, _repeat_guard, _loop, _few_shot, _verifier),
+    "agent": (
+        _prompt_hint,
+        _tool_policy,
+        _max_turns,
+        _repeat_guard,
+        _loop,
+        _few_shot,
+        _verifier,
+        _rendering_choice,
+        _rendering_text,
+    ),
     "tools_memory": (_tool_description, _remove_tool, _memory_top_k),
 }
 assert set(CATALOG) == set(PRIMITIVE_GROUPS)

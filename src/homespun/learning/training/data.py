@@ -146,18 +146,20 @@ def _render(
     spec: Spec, history: list[BaseMessage], final: AIMessage, tools: Sequence[Any]
 ) -> list[dict[str, Any]]:
     # graphs imports learning (stores); importing graphs at module level would be a cycle.
-    from homespun.engines.tool_calls import render_for_constrained_json
+    from homespun.engines.tool_calls import render_for_constrained_json, render_for_native
     from homespun.graphs.assistant import ANSWER_INSTRUCTION, prompt_messages
 
     extra = ANSWER_INSTRUCTION if spec.agent.loop == "plan_execute" else None
     prompt = prompt_messages(spec.agent, history, extra)
     answer_tools = _answering_tools(spec, tools)
+    rendering = spec.agent.rendering
     if spec.engine.tool_call_format == "constrained_json":
         rendered = render_for_constrained_json(
-            [*prompt, final], answer_tools, "auto" if answer_tools else "none"
+            [*prompt, final], answer_tools, "auto" if answer_tools else "none", rendering
         )
-        return [_plain_message(m) for m in rendered]
-    return [_openai_message(m) for m in [*prompt, final]]
+        # (plain turns by default; tool calls and tool messages when result_framing keeps them)
+        return [_openai_message(m) for m in rendered]
+    return [_openai_message(m) for m in [*render_for_native(prompt, rendering), final]]
 
 
 def _role(message: BaseMessage) -> str:
