@@ -101,6 +101,83 @@ def test_bench_run_prints_a_per_category_table(home, settings, monkeypatch):
     assert "s/query" in res.output
 
 
+def _bench_with_baseline(monkeypatch, *extra):
+    from homespun.learning import evaluation
+    from tests.learning.toy import NaiveAwareStudent
+
+    bench = ToyBenchmark()
+    monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
+    real = evaluation.evaluate
+
+    async def evaluate(*a, **k):
+        return await real(*a, **{**k, "student": NaiveAwareStudent()})
+
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    return runner.invoke(
+        app,
+        ["bench", "run", "--benchmark", "toy", "--baseline", "naive", *extra],
+        env={"COLUMNS": "200"},
+    )
+
+
+def test_bench_run_against_the_naive_baseline_prints_both_and_the_paired_difference(
+    home, settings, monkeypatch
+):
+    # NaiveAwareStudent: the spec passes tone only, the naive loop math only (4 tasks each).
+    res = _bench_with_baseline(monkeypatch)
+    assert res.exit_code == 0, res.output
+    rows = {
+        line.split()[1]: line.split()[2:]
+        for line in res.output.splitlines()
+        if line.startswith("│") and line.split()[1] in ("math", "recall", "tone", "all")
+    }
+    cells = {cat: [c for c in row if c != "│"] for cat, row in rows.items()}
+    #                  n    spec     naive    diff      95% interval (all equal: zero width)
+    assert cells["math"] == ["4", "0.000", "1.000", "-1.000", "[-1.000,", "-1.000]"]
+    assert cells["recall"] == ["4", "0.000", "0.000", "+0.000", "[+0.000,", "+0.000]"]
+    assert cells["tone"] == ["4", "1.000", "0.000", "+1.000", "[+1.000,", "+1.000]"]
+    # all: differences 4 x -1, 4 x 0, 4 x +1: 0 +/- t(0.975, 11) * sqrt(8/11) / sqrt(12)
+    assert cells["all"] == ["12", "0.333", "0.333", "+0.000", "[-0.542,", "+0.542]"]
+    assert "vs the naive loop" in res.output and "paired t" in res.output
+    assert "naive: s/query" in res.output and "new runs 12" in res.output
+    again = _bench_with_baseline(monkeypatch)  # both sides cached, under their own keys
+    assert again.exit_code == 0 and again.output.count("new runs 0 (the rest cached)") == 2
+    from homespun.stores.traces import TraceStore
+
+    sources = {t.source for t in TraceStore(settings.traces_db).list(limit=100)}
+    assert sources == {"eval:toy", "baseline:naive:toy"}
+
+
+def test_bench_run_refuses_an_unknown_baseline_in_one_line(home, settings):
+    res = runner.invoke(app, ["bench", "run", "--baseline", "clever"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "clever" in res.output and "naive" in res.output
+
+
+@pytest.mark.slow
+def test_bench_run_against_the_naive_baseline_on_the_embedded_model(home, settings, model_path):
+    """The real engine, both loops, three starter tasks per category: the table is printed
+    and every naive run left a trace the engine filled (constrained decoding included)."""
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    res = runner.invoke(
+        app,
+        ["bench", "run", "--benchmark", "starter", "--limit", "3", "--baseline", "naive"],
+        env={"COLUMNS": "200"},
+    )
+    assert res.exit_code == 0, res.output
+    assert "vs the naive loop" in res.output and "95% interval" in res.output
+    assert "arithmetic" in res.output and "all" in res.output
+    from homespun.stores.traces import TraceStore
+
+    traces = TraceStore(settings.traces_db).list(limit=500)
+    naive = [t for t in traces if t.source == "baseline:naive:starter"]
+    spec_runs = [t for t in traces if t.source == "eval:starter"]
+    assert naive and len(naive) == len(spec_runs)
+    assert all(t.status in ("ok", "error") and t.stop_reason is not None for t in naive)
+    assert all(t.loop == "naive" and t.model_calls > 0 and t.prompt_tokens > 0 for t in naive)
+
+
 @pytest.mark.slow
 def test_agentdojo_banking_random_two_sessions_on_the_embedded_model(home, settings, model_path):
     runner.invoke(app, ["init"])

@@ -9,6 +9,7 @@ categories:
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 
 from langchain_core.messages import HumanMessage
@@ -68,6 +69,27 @@ class StudentFactory:
             self.calls += 1
             question = next(m.content for m in reversed(messages) if isinstance(m, HumanMessage))
             _, category, gold = question.split(":")
+            return gold if passes(spec, category) else "no idea"
+
+        return ScriptedChatModel(script=[reply] * 50)
+
+
+class NaiveAwareStudent:
+    """student(spec) -> a scripted model that also speaks the naive loop's protocol.
+
+    Under the assistant it answers as `StudentFactory` does; under the naive loop (its system
+    message holds the protocol) it answers `{"answer": ...}`, right for math only. With the
+    default spec: assistant math 0, recall 0, tone 1; naive math 1, recall 0, tone 0.
+    """
+
+    def __call__(self, spec: Spec) -> ScriptedChatModel:
+        from homespun.learning.naive_loop import PROTOCOL
+
+        def reply(messages):
+            question = next(m.content for m in reversed(messages) if isinstance(m, HumanMessage))
+            _, category, gold = question.split(":")
+            if PROTOCOL in str(messages[0].content):
+                return json.dumps({"answer": gold if category == "math" else "no idea"})
             return gold if passes(spec, category) else "no idea"
 
         return ScriptedChatModel(script=[reply] * 50)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -450,6 +451,12 @@ def benchmark_show(
     console.print(table)
 
 
+class Baseline(StrEnum):
+    """The baselines `bench run --baseline` can compare a spec with."""
+
+    naive = "naive"
+
+
 @bench_app.command("run")
 def bench_run(
     spec_file: Annotated[
@@ -459,8 +466,18 @@ def bench_run(
     limit: Annotated[int | None, typer.Option(help="First N tasks per category.")] = None,
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     repeats: Annotated[int, typer.Option(min=1)] = 1,
+    baseline: Annotated[
+        Baseline | None,
+        typer.Option(
+            help="Also run the tasks through a baseline loop with the same model, tools and "
+            "turn cap, and print both side by side with the difference and its 95% interval. "
+            "naive: full argument schemas in the system prompt, one JSON object per step, "
+            "results fed back as user messages."
+        ),
+    ] = None,
 ):
-    """Evaluate a spec on a benchmark: accuracy, s/query, J/query and $/query per category."""
+    """Evaluate a spec on a benchmark: accuracy, s/query, J/query and $/query per category
+    (with --baseline: the spec against the baseline, per category)."""
     from homespun.engines.telemetry import (
         electricity_usd_per_kwh,
         measures_local_energy,
@@ -484,6 +501,11 @@ def bench_run(
     tasks = bench.tasks()
     if limit:
         tasks = _limited(tasks, limit)
+    if baseline is not None:
+        _bench_against_baseline(
+            spec, st, bench, tasks, repeats=repeats, concurrency=concurrency, loop=baseline.value
+        )
+        return
     local = measures_local_energy(spec.engine.backend, spec.engine.base_url)
     # Overlapping runs cannot split a device counter between them: the batch is measured too.
     batch = new_energy_meter() if local else None
@@ -551,4 +573,66 @@ def bench_run(
         console.print(
             f"[dim]With --concurrency {concurrency} runs overlap on the counter: "
             "energy is measured for the whole batch (the 'all' row) only.[/]"
+        )
+
+
+def _bench_against_baseline(
+    spec: Any, st: Any, bench: Any, tasks: list, *, repeats: int, concurrency: int, loop: str
+) -> None:
+    """Evaluate the spec and the baseline `loop` on the same tasks; print them side by side."""
+    from homespun.learning.evaluation import compare, evaluate
+    from homespun.stores.eval_cache import EvalCache
+
+    cache = EvalCache(st.learning_db)
+    results = {}
+
+    async def both() -> None:
+        # One event loop for both evaluations: the OpenAI client keeps pooled connections per
+        # process, and a second asyncio.run would find them bound to the closed first loop.
+        for which, label in (("assistant", f"spec {spec.content_hash()}"), (loop, f"{loop} loop")):
+            printer = EventPrinter()
+            printer.on_evaluate_start(f"{bench.name} · {label}", len(tasks) * repeats)
+            try:
+                results[which] = await evaluate(
+                    spec,
+                    st,
+                    bench,
+                    tasks,
+                    repeats=repeats,
+                    concurrency=concurrency,
+                    cache=cache,
+                    on_outcome=lambda o, p=printer: p.on_task_done("", o),
+                    loop=which,
+                )
+            finally:
+                if printer.progress is not None:
+                    printer.progress.stop()
+
+    run_async(both())
+    ours, theirs = results["assistant"], results[loop]
+    try:
+        rows = compare(ours, theirs)
+    except ValueError as exc:
+        fail(str(exc))
+    table = Table(
+        title=f"{bench.name}: spec {ours.spec_hash} vs the {loop} loop "
+        f"({spec.intelligence.model}, max_turns {spec.agent.max_turns})",
+        caption=f"Δ = spec − {loop}, paired by task (the same tasks under both). 95% interval: "
+        "paired t on the per-task differences; approximate for few tasks, none for n < 2.",
+    )
+    for col in ("category", "n", "spec", loop, "Δ", "95% interval"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for r in rows:
+        interval = "n/a" if r.low is None else f"[{r.low:+.3f}, {r.high:+.3f}]"
+        cells = [r.category, str(r.n), f"{r.a:.3f}", f"{r.b:.3f}", f"{r.diff:+.3f}", interval]
+        if r.category == "all":
+            cells = [f"[bold]{c}[/]" for c in cells]
+        table.add_row(*cells)
+    console.print(table)
+    for name, result in (("spec", ours), (loop, theirs)):
+        n = max(len(result.outcomes), 1)
+        tokens = sum(o.prompt_tokens + o.completion_tokens for o in result.outcomes)
+        console.print(
+            f"{name}: s/query {result.mean_latency():.2f} · tokens/query {tokens / n:.0f} · "
+            f"new runs {result.runs} (the rest cached)"
         )
