@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import tomlkit
 
@@ -141,8 +142,18 @@ delta = 0.3
 """
 
 
-def default_spec_text(core_descriptions: Mapping[str, str]) -> str:
-    """The commented default spec, with the built-in tools' descriptions written out."""
+# Per catalog model: the settings that differ from the template, chosen by measurement
+# (README, "Per-model defaults"). Keys are dotted table names; a model not listed here (a .gguf
+# path, a backend's model id) gets the template as written.
+MODEL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "smollm2-135m": {},
+    "qwen2.5-coder-1.5b": {},
+}
+
+
+def default_spec_text(core_descriptions: Mapping[str, str], model: str = "smollm2-135m") -> str:
+    """The commented default spec for `model`, with the built-in tools' descriptions written
+    out and the model's measured defaults (MODEL_DEFAULTS) applied; comments are kept."""
     descriptions = "\n".join(
         f"{name} = {tomlkit.string(text).as_string()}" for name, text in core_descriptions.items()
     )
@@ -150,9 +161,18 @@ def default_spec_text(core_descriptions: Mapping[str, str]) -> str:
         system_prompt=tomlkit.string(DEFAULT_SYSTEM_PROMPT).as_string(),
         descriptions=descriptions,
     )
+    doc = tomlkit.parse(text)
+    doc["intelligence"]["model"] = model  # type: ignore[index]
+    for dotted, values in MODEL_DEFAULTS.get(model, {}).items():
+        table: Any = doc
+        for part in dotted.split("."):
+            table = table[part]
+        for key, value in values.items():
+            table[key] = value
+    text = tomlkit.dumps(doc)
     parse_spec(text, "<default spec>")  # the template must always be a valid spec
     return text
 
 
-def default_spec(core_descriptions: Mapping[str, str]) -> Spec:
-    return parse_spec(default_spec_text(core_descriptions), "<default spec>")
+def default_spec(core_descriptions: Mapping[str, str], model: str = "smollm2-135m") -> Spec:
+    return parse_spec(default_spec_text(core_descriptions, model), "<default spec>")
