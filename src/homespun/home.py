@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from homespun.spec import Settings, Spec, load_spec
-from homespun.spec.defaults import default_spec_text
+from homespun.spec.defaults import DEFAULT_SPEC_MODEL, default_spec_text
 from homespun.spec.io import atomic_write
 
 
@@ -17,10 +17,13 @@ class InitResult:
     created_repo: bool
 
 
-def init_home(settings: Settings, *, force: bool = False) -> InitResult:
+def init_home(
+    settings: Settings, *, force: bool = False, model: str = DEFAULT_SPEC_MODEL
+) -> InitResult:
     """Create HOMESPUN_HOME with a commented default spec under git (the checkpoint repo).
 
-    An existing spec is never overwritten unless `force` is given.
+    An existing spec is never overwritten unless `force` is given. `model` picks the model and,
+    for a catalog model, the rendering settings measured best for it.
     """
     from homespun.mcp_servers.core import CORE_TOOL_DESCRIPTIONS
 
@@ -30,7 +33,7 @@ def init_home(settings: Settings, *, force: bool = False) -> InitResult:
     spec_path = settings.spec_path
     created_spec = False
     if force or not spec_path.exists():
-        atomic_write(spec_path, default_spec_text(CORE_TOOL_DESCRIPTIONS))
+        atomic_write(spec_path, default_spec_text(CORE_TOOL_DESCRIPTIONS, model))
         created_spec = True
     created_repo = False
     if spec_path.parent.resolve() == home.resolve():

@@ -23,6 +23,28 @@ def test_init_writes_a_commented_spec_under_git(home):
     assert "Kept the existing spec" in again.output
 
 
+def test_init_with_a_model_writes_that_model_and_its_measured_defaults(home):
+    from homespun.spec import load_spec
+    from homespun.spec.defaults import MODEL_DEFAULTS
+
+    res = runner.invoke(app, ["init", "--model", "qwen2.5-coder-1.5b"])
+    assert res.exit_code == 0, res.output
+    assert "models pull qwen2.5-coder-1.5b --allow-third-party" in res.output
+    text = (home / "spec.toml").read_text()
+    assert text.startswith("# homespun spec") and "# completion cap per model call" in text
+    spec = load_spec(home / "spec.toml")
+    assert spec.intelligence.model == "qwen2.5-coder-1.5b"
+    for dotted, values in MODEL_DEFAULTS["qwen2.5-coder-1.5b"].items():
+        table = spec
+        for part in dotted.split("."):
+            table = getattr(table, part)
+        for key, value in values.items():
+            assert getattr(table, key) == value, f"{dotted}.{key}"
+    bad = runner.invoke(app, ["init", "--force", "--model", "gpt-99"])
+    assert bad.exit_code == 1 and "neither a catalog model" in bad.output
+    assert load_spec(home / "spec.toml").intelligence.model == "qwen2.5-coder-1.5b"
+
+
 def test_spec_validate_names_the_bad_field_and_leaves_the_file(home):
     runner.invoke(app, ["init"])
     path = home / "spec.toml"

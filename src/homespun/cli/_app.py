@@ -58,12 +58,28 @@ def _main() -> None:
 
 
 @app.command()
-def init(force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")] = False):
+def init(
+    force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Catalog name (`homespun models list`) or a .gguf path; a catalog model gets "
+            "the settings measured best for it. Default: the catalog's default model."
+        ),
+    ] = None,
+):
     """Create HOMESPUN_HOME with a commented default spec (git-tracked)."""
+    from homespun.engines.catalog import CATALOG, DEFAULT_MODEL
     from homespun.home import init_home
 
     st = settings()
-    result = init_home(st, force=force)
+    model = model or DEFAULT_MODEL
+    if model not in CATALOG and not model.endswith(".gguf"):
+        fail(
+            f"--model {model!r} is neither a catalog model ({', '.join(CATALOG)}) nor a .gguf "
+            "path; for a server's model id, run `homespun init` and set intelligence.model"
+        )
+    result = init_home(st, force=force, model=model)
     if result.created_spec:
         console.print(f"Wrote the default spec to [bold]{result.spec_path}[/]")
     else:
@@ -72,10 +88,14 @@ def init(force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")
         )
     if result.created_repo:
         console.print(f"Checkpoint repository: {st.home / '.git'}")
-    console.print(
-        "Next: [bold]homespun models pull smollm2-135m[/], then "
-        '[bold]homespun ask "What is 37 * 41?"[/]'
+    third_party = model in CATALOG and CATALOG[model].third_party
+    pull = (
+        f"[bold]homespun models pull {model}{' --allow-third-party' if third_party else ''}[/], "
+        "then "
+        if model in CATALOG
+        else ""
     )
+    console.print(f'Next: {pull}[bold]homespun ask "What is 37 * 41?"[/]')
 
 
 # --------------------------------------------------------------------------- spec

@@ -145,13 +145,16 @@ delta = 0.3
 # Per catalog model: the settings that differ from the template, chosen by measurement
 # (README, "Per-model defaults"). Keys are dotted table names; a model not listed here (a .gguf
 # path, a backend's model id) gets the template as written.
+DEFAULT_SPEC_MODEL = "smollm2-135m"
+"""The model `homespun init` writes when none is named (the catalog's default)."""
+
 MODEL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "smollm2-135m": {},
     "qwen2.5-coder-1.5b": {},
 }
 
 
-def default_spec_text(core_descriptions: Mapping[str, str], model: str = "smollm2-135m") -> str:
+def default_spec_text(core_descriptions: Mapping[str, str], model: str = DEFAULT_SPEC_MODEL) -> str:
     """The commented default spec for `model`, with the built-in tools' descriptions written
     out and the model's measured defaults (MODEL_DEFAULTS) applied; comments are kept."""
     descriptions = "\n".join(
@@ -174,5 +177,5 @@ def default_spec_text(core_descriptions: Mapping[str, str], model: str = "smollm
     return text
 
 
-def default_spec(core_descriptions: Mapping[str, str], model: str = "smollm2-135m") -> Spec:
+def default_spec(core_descriptions: Mapping[str, str], model: str = DEFAULT_SPEC_MODEL) -> Spec:
     return parse_spec(default_spec_text(core_descriptions, model), "<default spec>")
