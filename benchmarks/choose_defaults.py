@@ -1,0 +1,122 @@
+"""Choose a catalog model's rendering defaults by measurement, on tasks the report never uses.
+
+Evaluates a few `[agent.rendering]` / `[engine]` variants of the default spec for one model on a
+category-balanced sample of BFCL's *search* split (benchmarks/outside.py reports on the held-out
+split, so what is chosen here is judged on other tasks) and, with --starter, on the starter
+benchmark, where an answer copied from a worked example counts as a failure and is counted.
+
+    python benchmarks/choose_defaults.py --model qwen2.5-coder-1.5b --tasks 18
+    python benchmarks/choose_defaults.py --model smollm2-135m --tasks 27 --starter
+
+Prints accuracy per variant (and copied-example answers on the starter benchmark); the winner
+goes into `MODEL_DEFAULTS` in src/homespun/spec/defaults.py by hand, with the figures in the
+README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from outside import sample
+
+from homespun.learning.benchmarks.bfcl import BfclBenchmark
+from homespun.learning.benchmarks.starter import StarterBenchmark
+from homespun.learning.evaluation import EvalResult, evaluate
+from homespun.learning.gate import split_tasks
+from homespun.mcp_servers.core import CORE_TOOL_DESCRIPTIONS
+from homespun.spec import Settings, Spec
+from homespun.spec.defaults import default_spec
+
+CONTINUE = "Call another tool if the request needs it, or give the final answer."
+
+# name -> {dotted table: {field: value}} applied on top of the model's current default spec.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "current": {},
+    "schema+explicit": {
+        "agent.rendering": {"catalog_arguments": "full_schema", "reply_protocol": "explicit"},
+    },
+    "schema+explicit+parallel+continue": {
+        "agent.rendering": {
+            "catalog_arguments": "full_schema",
+            "reply_protocol": "explicit",
+            "parallel_calls": True,
+            "continuation": CONTINUE,
+        },
+    },
+    "all+examples_block": {
+        "agent.rendering": {
+            "catalog_arguments": "full_schema",
+            "reply_protocol": "explicit",
+            "parallel_calls": True,
+            "continuation": CONTINUE,
+            "few_shot_style": "system_block",
+        },
+    },
+    "examples_block": {"agent.rendering": {"few_shot_style": "system_block"}},
+    "native": {"engine": {"tool_call_format": "native"}},
+}
+
+
+def variant_spec(base: Spec, changes: dict[str, dict[str, Any]]) -> Spec:
+    data = base.model_dump(mode="json")
+    for dotted, values in changes.items():
+        table = data
+        for part in dotted.split("."):
+            table = table[part]
+        table.update(values)
+    return Spec.model_validate(data)
+
+
+def copied_examples(result: EvalResult, spec: Spec) -> int:
+    """Answers that repeat a worked example's answer word for word (the SmolLM2 misfire)."""
+    answers = {ex.assistant.strip().lower() for ex in spec.agent.few_shot}
+    return sum(1 for o in result.outcomes if (o.answer or "").strip().lower() in answers)
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> None:
+    base = default_spec(CORE_TOOL_DESCRIPTIONS, args.model)
+    bfcl = BfclBenchmark("all")
+    search, _ = split_tasks(bfcl.tasks(), seed=0, benchmark=bfcl.name)
+    tasks = sample(search, args.tasks, args.seed)
+    starter = StarterBenchmark()
+    chosen = [v for v in args.variants.split(",") if v] if args.variants else list(VARIANTS)
+    print(
+        f"{args.model}: {len(tasks)} BFCL search-split tasks"
+        + (", starter 34" if args.starter else "")
+    )
+    print(
+        f"{'variant':<36} {'bfcl':>6}" + (f" {'starter':>8} {'copied':>7}" if args.starter else "")
+    )
+    for name in chosen:
+        spec = variant_spec(base, VARIANTS[name])
+        result = await evaluate(spec, settings, bfcl, tasks)
+        line = f"{name:<36} {result.accuracy:>6.3f}"
+        if args.starter:
+            st = await evaluate(spec, settings, starter, starter.tasks())
+            line += f" {st.accuracy:>8.3f} {copied_examples(st, spec):>7}"
+        print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--tasks", type=int, default=18)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--starter", action="store_true")
+    parser.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)}")
+    args = parser.parse_args(argv)
+    models_dir = os.environ.get("HOMESPUN_MODELS_DIR")
+    with tempfile.TemporaryDirectory(prefix="homespun-choose-") as scratch:
+        settings = Settings(home=Path(scratch), models_dir=Path(models_dir) if models_dir else None)
+        asyncio.run(_run(args, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
