@@ -291,3 +291,44 @@ def chat_api(answer: str = "pong") -> Handler:
         return chat_completion(json.dumps({"answer": answer}), model=body.get("model", "x"))
 
     return handle
+
+
+class EmbeddedStub:
+    """Stands in for `engines.embedded.EmbeddedServer` where llama.cpp itself is not loaded:
+    homespun's chat model reaches it through the in-process transport (`chat_raw`, always a
+    streaming request), and it answers every request with the constrained-JSON reply
+    `{"answer": answer}`, recording each request body in `bodies`."""
+
+    base_url = "http://embedded.invalid/v1"
+    api_key = "not-used-in-process"
+
+    def __init__(self, answer: str = "pong", bodies: list[dict] | None = None):
+        self.answer = answer
+        self.bodies: list[dict] = [] if bodies is None else bodies
+
+    def chat_raw(self, request: bytes | dict, on_chunk) -> None:
+        body = json.loads(request) if isinstance(request, bytes | str) else dict(request)
+        self.bodies.append(body)
+        model = body.get("model", "x")
+
+        def chunk(delta: dict | None, finish: str | None = None, **extra: Any) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            choices = [] if delta is None else [choice]
+            return json.dumps(
+                {
+                    "id": "x",
+                    "created": 0,
+                    "model": model,
+                    "object": "chat.completion.chunk",
+                    "choices": choices,
+                    **extra,
+                }  # fmt: skip
+            ).encode()
+
+        for piece in (
+            chunk({"role": "assistant", "content": json.dumps({"answer": self.answer})}),
+            chunk({}, finish="stop"),
+            chunk(None, usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}),
+        ):
+            if on_chunk(piece):
+                return

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import typing
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -60,7 +59,7 @@ from homespun.spec.edits import (
     risk_tier,
 )
 from homespun.spec.models import OP_NAMES
-from tests.stubs import chat_api, chat_completion
+from tests.stubs import EmbeddedStub, chat_api, chat_completion
 
 
 @tool
@@ -236,17 +235,17 @@ async def test_set_engine_param_context_length_and_threads_reach_ollama(settings
 
 
 async def test_set_engine_param_parallel_and_model_reach_the_embedded_engine(
-    settings, engine, monkeypatch, tmp_path
+    settings, monkeypatch, tmp_path
 ):
     # llama.cpp itself is not loaded here: the seam is the call that starts it.
-    url, bodies = engine
     started: list[dict] = []
+    bodies: list[dict] = []
 
     def fake_embedded_server(model_path, *, n_ctx, threads, parallel, log_file, adapters=()):
         started.append(
             {"model": model_path.name, "n_ctx": n_ctx, "threads": threads, "parallel": parallel}
         )
-        return SimpleNamespace(base_url=url, api_key="k")
+        return EmbeddedStub("pong", bodies)
 
     monkeypatch.setattr("homespun.engines.embedded.get_embedded_server", fake_embedded_server)
     for name in ("a.gguf", "b.gguf"):

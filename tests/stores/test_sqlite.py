@@ -33,6 +33,7 @@ def test_a_new_database_and_its_wal_are_readable_by_the_owner_only(tmp_path: Pat
     assert wal.exists() and _mode(wal) == 0o600
     assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     assert conn.execute("pragma busy_timeout").fetchone()[0] == int(BUSY_TIMEOUT_S * 1000)
+    assert conn.execute("pragma synchronous").fetchone()[0] == 1  # NORMAL: test_durability.py
     conn.close()
 
 

@@ -1,11 +1,12 @@
 """The embedded engine: llama.cpp's server, in-process, through xllamacpp.
 
 One `xllamacpp.Server` per (model, LoRA adapters, context, threads, slots, log file) per
-process, shared by everything that asks for it. It answers two ways: `EmbeddedServer.chat`
-calls the server's chat handler directly (no HTTP), and `base_url` serves the
-OpenAI-compatible HTTP API on 127.0.0.1 for clients such as `langchain_openai.ChatOpenAI`;
-that port requires `api_key`, a random secret of this process, so other local users cannot
-borrow the model.
+process, shared by everything that asks for it. It answers two ways: `EmbeddedServer.chat` and
+`chat_raw` call the server's chat handler directly (no HTTP), and `base_url` serves the
+OpenAI-compatible HTTP API on 127.0.0.1 for other clients; that port requires `api_key`, a
+random secret of this process, so other local users cannot borrow the model. homespun's own
+chat model (`langchain_openai.ChatOpenAI`) takes the first way too, through the httpx2
+transports of `engines.in_process`.
 
 llama.cpp logs through one process-wide logger whose threshold is set by whichever server
 was created last, and it always echoes to stderr. So every server here is created with
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +78,7 @@ class EmbeddedServer:
     def __init__(self, key: _ServerKey, server: Any, api_key: str):
         self._key = key
         self._server = server
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self.api_key = api_key
         self.base_url = server.listening_address.rstrip("/") + "/v1"
@@ -95,9 +98,7 @@ class EmbeddedServer:
         Raises EngineError for a request the server rejects or answers with an error.
         Safe to call from several threads: up to ``parallel`` requests decode together.
         """
-        server = self._server  # a local reference keeps it alive if close() races us
-        if server is None:
-            raise EngineError(f"the embedded server for {self.model_path.name} is closed")
+        server = self._usable()
         try:
             response = server.handle_chat_completions(request)
         except (ValueError, TypeError, RuntimeError) as exc:
@@ -114,6 +115,34 @@ class EmbeddedServer:
                 )
             raise EngineError(f"embedded engine error: {error}")
         return response
+
+    def chat_raw(self, request: dict | bytes, on_chunk: Callable[[Any], bool]) -> None:
+        """llama.cpp's chat handler itself: each piece of the reply goes to ``on_chunk``.
+
+        A streaming request's chunks come one by one (``data:`` payloads, without the
+        ``[DONE]`` marker); anything else comes as one piece, the completion or the error
+        (``{"error": {...}}``). A dict request gives dict pieces, JSON bytes give bytes.
+        ``on_chunk`` returning True stops the request: llama.cpp cancels it, as it does when
+        an HTTP client hangs up. It runs on the calling thread, which this call blocks; an
+        exception it raises is swallowed by xllamacpp and stops the request. Raises
+        EngineError for a closed server or a request the server cannot read.
+        """
+        server = self._usable()
+        try:
+            server.handle_chat_completions(request, on_chunk)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise EngineError(f"embedded engine rejected the request: {exc}") from exc
+
+    def _usable(self) -> Any:
+        server = self._server  # a local reference keeps it alive if close() races us
+        if server is None:
+            raise EngineError(f"the embedded server for {self.model_path.name} is closed")
+        if os.getpid() != self._pid:  # its threads stayed in the parent: a request would hang
+            raise EngineError(
+                f"the embedded server for {self.model_path.name} was loaded before this "
+                "process forked; load the model again in this process"
+            )
+        return server
 
     def close(self) -> None:
         """Stop serving and free the model (idempotent); a later ask loads it again."""

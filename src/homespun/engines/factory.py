@@ -64,6 +64,7 @@ def _openai_style(
     lora_field: bool = False,
     api_key: str | None = None,
     api_key_env: str | None = None,
+    http_clients: tuple[Any, Any] | None = None,
 ) -> BaseChatModel:
     intel = spec.intelligence
     extra_body: dict[str, Any] = {}
@@ -88,6 +89,7 @@ def _openai_style(
         api_key_env=api_key_env,
         generation={"temperature": intel.temperature, "top_p": intel.top_p, "seed": _seed(spec)},
         extra_body=extra_body,
+        http_clients=http_clients,
     )
 
 
@@ -101,6 +103,7 @@ def _provider_model(
     api_key_env: str | None = None,
     generation: dict[str, Any],
     extra_body: dict[str, Any] | None = None,
+    http_clients: tuple[Any, Any] | None = None,
 ) -> BaseChatModel:
     return build_provider_model(
         provider,
@@ -116,6 +119,7 @@ def _provider_model(
         max_retries=0,
         generation=generation,
         extra_body=extra_body,
+        http_clients=http_clients,
     )
 
 
@@ -128,6 +132,7 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
     if backend == "embedded":
         from .catalog import resolve_model_path
         from .embedded import get_embedded_server
+        from .in_process import in_process_clients
 
         path = resolve_model_path(intel.model, settings.models_path)
         server = get_embedded_server(
@@ -138,6 +143,9 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
             log_file=settings.logs_dir / "engine.log",
             adapters=tuple((str(a.resolved_path), a.scale) for a in intel.adapters),
         )
+        # The OpenAI client reaches the server in-process (engines.in_process), not through
+        # its loopback port: same requests and replies, without a socket, HTTP parsing or the
+        # environment's proxy settings in between (benchmarks/decode.py measures both ways).
         return _openai_style(
             spec,
             provider="openai_compatible",
@@ -145,6 +153,7 @@ def build_backend_model(spec: Spec, settings: Settings) -> BaseChatModel:
             api_key=server.api_key,
             model=path.stem,
             llama_extras=True,
+            http_clients=in_process_clients(server),
         )
     if backend == "openai_compatible":
         return _openai_style(

@@ -37,14 +37,17 @@ def build_provider_model(
     max_retries: int = 0,
     generation: Mapping[str, Any] | None = None,
     extra_body: Mapping[str, Any] | None = None,
+    http_clients: tuple[Any, Any] | None = None,
 ) -> BaseChatModel:
     """The LangChain client of `provider` ('anthropic', 'openai', 'openai_compatible',
     'ollama').
 
     `api_key` wins over `api_key_env`; an openai_compatible server gets "not-needed" when
     neither gives one. `generation` goes to the client under the client's own parameter
-    names; `extra_body` (OpenAI-style only) goes in every request body. `who` names the
-    setting that asked for the model and `error` is raised, for a missing key or extra.
+    names; `extra_body` (OpenAI-style only) goes in every request body. `http_clients`
+    (OpenAI-style only) is the (sync, async) pair of httpx2 clients the SDK sends with, e.g.
+    the embedded engine's in-process ones. `who` names the setting that asked for the model
+    and `error` is raised, for a missing key or extra.
     """
     generation = dict(generation or {})
     if api_key is None and api_key_env:
@@ -54,6 +57,8 @@ def build_provider_model(
 
         if provider == "openai":
             api_key = _require_key(api_key, api_key_env, who, key_hint, error)
+        if http_clients is not None:
+            generation["http_client"], generation["http_async_client"] = http_clients
         return ChatOpenAI(
             model=model,
             base_url=base_url,

@@ -39,7 +39,7 @@ from homespun.engines.telemetry import (
 from homespun.engines.tool_calls import PARSE_ERROR_KEY, UNPARSED_TOOL_CALL_KEY
 from homespun.mcp_servers.loader import ToolLoadError
 from homespun.spec import Settings, Spec
-from homespun.stores.sqlite import ensure_private_file
+from homespun.stores.sqlite import connect_async
 from homespun.stores.traces import StopReason, ToolCallRecord, Trace, TraceStore
 
 from .assistant import (
@@ -200,10 +200,9 @@ async def run_assistant(
             if persist:
                 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-                ensure_private_file(settings.threads_db)
-                checkpointer = await stack.enter_async_context(
-                    AsyncSqliteSaver.from_conn_string(str(settings.threads_db))
-                )
+                # Through stores.sqlite: WAL, synchronous=NORMAL, the busy timeout, owner-only.
+                conn = await stack.enter_async_context(connect_async(settings.threads_db))
+                checkpointer = AsyncSqliteSaver(conn)
             graph = build_assistant_graph(spec, model, tools, checkpointer=checkpointer)
             question_msg = HumanMessage(question, id=uuid.uuid4().hex)
             config = {

@@ -111,6 +111,15 @@ _ADDED_COLUMNS: dict[str, type] = {
 }
 
 
+_TOOL_CALL_COLUMNS = (
+    "trace_id", "idx", "name", "server", "arguments", "result", "error", "latency_s",
+)  # fmt: skip
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
 class TraceStore:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -193,25 +202,41 @@ class TraceStore:
             backend=backend,
             source=source,
         )
-        self.db["traces"].insert(self._row(trace))
+        row = self._row(trace)
+        columns = ", ".join(row)
+        with self.db.conn:  # one commit; plain SQL, as sqlite-utils' insert costs more
+            self.db.conn.execute(
+                f"insert into traces ({columns}) values ({_marks(len(row))})", list(row.values())
+            )
         return trace
 
     def finish(self, trace: Trace) -> None:
-        with self.db.conn:
-            self.db["traces"].upsert(self._row(trace), pk="id")
-            self.db["tool_calls"].delete_where("trace_id = ?", [trace.id])
-            self.db["tool_calls"].insert_all(
-                {
-                    "trace_id": trace.id,
-                    "idx": i,
-                    "name": c.name,
-                    "server": c.server,
-                    "arguments": json.dumps(c.arguments, ensure_ascii=False),
-                    "result": c.result,
-                    "error": c.error,
-                    "latency_s": c.latency_s,
-                }
-                for i, c in enumerate(trace.tool_calls)
+        row = self._row(trace)
+        columns = ", ".join(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c != "id")
+        with self.db.conn:  # the row and its tool calls in one commit
+            self.db.conn.execute(
+                f"insert into traces ({columns}) values ({_marks(len(row))}) "
+                f"on conflict(id) do update set {updates}",
+                list(row.values()),
+            )
+            self.db.conn.execute("delete from tool_calls where trace_id = ?", [trace.id])
+            self.db.conn.executemany(
+                f"insert into tool_calls ({', '.join(_TOOL_CALL_COLUMNS)}) "
+                f"values ({_marks(len(_TOOL_CALL_COLUMNS))})",
+                [
+                    (
+                        trace.id,
+                        i,
+                        c.name,
+                        c.server,
+                        json.dumps(c.arguments, ensure_ascii=False),
+                        c.result,
+                        c.error,
+                        c.latency_s,
+                    )
+                    for i, c in enumerate(trace.tool_calls)
+                ],
             )
 
     def set_feedback(self, trace_id: str, score: float) -> None:
