@@ -32,8 +32,10 @@ from homespun.learning.gate import split_tasks
 from homespun.mcp_servers.core import CORE_TOOL_DESCRIPTIONS
 from homespun.spec import Settings, Spec
 from homespun.spec.defaults import default_spec
+from homespun.stores.eval_cache import EvalCache
 
 CONTINUE = "Call another tool if the request needs it, or give the final answer."
+NO_TOOL_RULE = "If no tool can do what is asked, call none: answer and say so."
 
 # name -> {dotted table: {field: value}} applied on top of the model's current default spec.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -59,6 +61,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "examples_block": {"agent.rendering": {"few_shot_style": "system_block"}},
+    "no_tool_rule": {"agent.rendering": {"no_tool_rule": NO_TOOL_RULE}},
     "native": {"engine": {"tool_call_format": "native"}},
 }
 
@@ -85,6 +88,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     search, _ = split_tasks(bfcl.tasks(), seed=0, benchmark=bfcl.name)
     tasks = sample(search, args.tasks, args.seed)
     starter = StarterBenchmark()
+    cache = EvalCache(settings.learning_db)
     chosen = [v for v in args.variants.split(",") if v] if args.variants else list(VARIANTS)
     print(
         f"{args.model}: {len(tasks)} BFCL search-split tasks"
@@ -95,10 +99,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     )
     for name in chosen:
         spec = variant_spec(base, VARIANTS[name])
-        result = await evaluate(spec, settings, bfcl, tasks)
+        result = await evaluate(spec, settings, bfcl, tasks, cache=cache)
         line = f"{name:<36} {result.accuracy:>6.3f}"
         if args.starter:
-            st = await evaluate(spec, settings, starter, starter.tasks())
+            st = await evaluate(spec, settings, starter, starter.tasks(), cache=cache)
             line += f" {st.accuracy:>8.3f} {copied_examples(st, spec):>7}"
         print(line, flush=True)
 
@@ -110,10 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--starter", action="store_true")
     parser.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--home",
+        default="",
+        help="a HOMESPUN_HOME to keep results in (its eval cache skips what a re-run repeats); "
+        "default: a scratch folder",
+    )
     args = parser.parse_args(argv)
     models_dir = os.environ.get("HOMESPUN_MODELS_DIR")
     with tempfile.TemporaryDirectory(prefix="homespun-choose-") as scratch:
-        settings = Settings(home=Path(scratch), models_dir=Path(models_dir) if models_dir else None)
+        home = Path(args.home) if args.home else Path(scratch)
+        settings = Settings(home=home, models_dir=Path(models_dir) if models_dir else None)
         asyncio.run(_run(args, settings))
     return 0
 

@@ -37,6 +37,7 @@ from homespun.learning.tasks import Task
 from homespun.mcp_servers.core import CORE_TOOL_DESCRIPTIONS
 from homespun.spec import Settings, Spec
 from homespun.spec.defaults import default_spec
+from homespun.stores.eval_cache import EvalCache
 
 SAMPLE_SEED = 20261202
 QWEN = "qwen2.5-coder-1.5b"
@@ -81,7 +82,17 @@ async def _evaluate_both(
                     flush=True,
                 )
 
-        results.append(await evaluate(spec, settings, bench, tasks, loop=loop, on_outcome=progress))
+        results.append(
+            await evaluate(
+                spec,
+                settings,
+                bench,
+                tasks,
+                loop=loop,
+                on_outcome=progress,
+                cache=EvalCache(settings.learning_db),
+            )
+        )
     return results[0], results[1]
 
 
@@ -117,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "--models", default=f"{DEFAULT_MODEL},{QWEN}", help="comma-separated catalog names"
     )
     parser.add_argument("--seed", type=int, default=SAMPLE_SEED)
+    parser.add_argument(
+        "--home",
+        default="",
+        help="a HOMESPUN_HOME to keep results in (its eval cache skips what a re-run repeats); "
+        "default: a scratch folder",
+    )
     args = parser.parse_args(argv)
     n = args.tasks or (40 if args.quick else 200)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -134,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{c} {k}" for c, k in cats.items() if k)
     )
     with tempfile.TemporaryDirectory(prefix="homespun-outside-") as scratch:
-        settings = Settings(home=Path(scratch), models_dir=Path(models_dir) if models_dir else None)
+        home = Path(args.home) if args.home else Path(scratch)
+        settings = Settings(home=home, models_dir=Path(models_dir) if models_dir else None)
         asyncio.run(_run_models(models, settings, bench, tasks))
     return 0
 

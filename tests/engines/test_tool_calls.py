@@ -687,6 +687,18 @@ def test_reply_protocol_explicit_says_results_are_never_written_by_the_model() -
     assert "You must call one of the tools" in required and '{"answer"' not in required
 
 
+def test_no_tool_rule_is_said_when_a_tool_is_optional() -> None:
+    tools_ = _openai(calculator)
+    rule = "If no tool can do what is asked, call none: answer and say so."
+    for protocol in ("brief", "explicit"):
+        rendering = RenderingSpec(reply_protocol=protocol, no_tool_rule=rule)
+        auto = render_for_constrained_json(HISTORY[:2], tools_, "auto", rendering)[0].content
+        assert rule in auto.split("## How to reply", 1)[1]
+        required = render_for_constrained_json(HISTORY[:2], tools_, "required", rendering)
+        assert rule not in required[0].content  # a call is required: no way out to offer
+    assert rule not in render_for_constrained_json(HISTORY[:2], tools_, "auto")[0].content
+
+
 def test_parallel_calls_schema_prompt_history_and_reply() -> None:
     tools_ = _openai(calculator, remember)
     single = build_reply_schema(tools_, "auto")

@@ -182,7 +182,10 @@ async def test_random_draws_rendering_choices_and_texts_that_apply():
         if fmt == "constrained_json":
             choices |= {"catalog_arguments", "reply_protocol", "parallel_calls"}
         assert drawn["set_rendering_param"] == choices
-        assert drawn["set_rendering_text"] == {"result_template", "error_template", "continuation"}
+        texts = {"result_template", "error_template", "continuation"}
+        if fmt == "constrained_json":  # what to do when no tool fits: the catalog's text
+            texts.add("no_tool_rule")
+        assert drawn["set_rendering_text"] == texts
 
 
 async def test_random_prompt_hints_are_keyed_by_the_cluster():

@@ -711,6 +711,16 @@ async def test_set_rendering_text_changes_how_tool_results_come_back(
         assert bodies[1]["messages"][-1]["content"] == "Tool calculator returned:\n42"
 
 
+async def test_set_rendering_text_no_tool_rule_reaches_the_system_message(settings, engine):
+    url, bodies = engine
+    rule = "If no tool can do what is asked, call none: answer and say so."
+    spec = http_spec(url)
+    assert rule not in (await engine_request(spec, settings, bodies))["messages"][0]["content"]
+    edited = apply(spec, SetRenderingText(param="no_tool_rule", text=rule))
+    system = (await engine_request(edited, settings, bodies))["messages"][0]["content"]
+    assert rule in system.split("## How to reply", 1)[1]
+
+
 def test_every_op_of_the_union_has_an_effect_test():
     ops = {cls.model_fields["op"].default for cls in typing.get_args(typing.get_args(EditOp)[0])}
     assert ops == set(OP_NAMES)

@@ -167,6 +167,7 @@ def test_rendering_defaults_are_the_original_rendering(default_text):
         "result_template": "Tool {name} returned:\n{result}",
         "error_template": "Tool {name} returned an error:\n{result}",
         "continuation": "",
+        "no_tool_rule": "",
         "few_shot_style": "turns",
     }
     # the commented default spec writes the table out, with the same values

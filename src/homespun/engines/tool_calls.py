@@ -531,6 +531,8 @@ def _catalog_text(
                 "When the results you were shown answer the question, give the final answer, "
                 f"using only what they say: {_ANSWER_FORM}"
             )
+            if rendering.no_tool_rule:
+                lines.append(rendering.no_tool_rule)
         return "\n".join(lines)
     if tool_choice == "required":
         lines.append(f"You must call one of the tools: {_CALL_FORM}")
@@ -540,6 +542,8 @@ def _catalog_text(
         lines.append(f"To call several tools in one step, in order: {_CALLS_FORM}")
     if tool_choice != "required":
         lines.append(f"When you have the final answer: {_ANSWER_FORM}")
+        if rendering.no_tool_rule:
+            lines.append(rendering.no_tool_rule)
     if notice:
         lines.append(notice)
     return "\n".join(lines)

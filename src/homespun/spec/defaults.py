@@ -72,6 +72,7 @@ result_framing = "auto"            # auto | user_message | tool_message
 result_template = "Tool {{name}} returned:\\n{{result}}"
 error_template = "Tool {{name}} returned an error:\\n{{result}}"
 continuation = ""                  # said after tool results, e.g. "Call another tool or answer."
+no_tool_rule = ""                  # constrained_json: what to do when no tool fits the request
 few_shot_style = "turns"           # turns (made-up earlier turns) | system_block
 
 [memory]

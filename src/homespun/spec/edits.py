@@ -142,11 +142,11 @@ class SetRenderingParam(_Op):
 
 class SetRenderingText(_Op):
     """Rewrite a text of `[agent.rendering]`: how a tool result (or error) is written back to
-    the model ({name} and {result} are filled in), or the instruction after tool results
-    (empty = none)."""
+    the model ({name} and {result} are filled in), the instruction after tool results, or what
+    to do when no tool fits the request (empty = none for those two)."""
 
     op: Literal["set_rendering_text"] = "set_rendering_text"
-    param: Literal["result_template", "error_template", "continuation"]
+    param: Literal["result_template", "error_template", "continuation", "no_tool_rule"]
     text: str
 
 

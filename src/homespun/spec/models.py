@@ -320,6 +320,13 @@ class RenderingSpec(_Strict):
         description="An instruction shown right after each batch of tool results, e.g. "
         "'Call another tool or give the final answer.'; empty = none.",
     )
+    no_tool_rule: str = Field(
+        "",
+        description="constrained_json: what the 'How to reply' text says to do when none of "
+        "the tools can serve the request, e.g. 'If no tool can do what is asked, call none: "
+        "answer and say so.'; empty = nothing (a model told only how to call tools tends to "
+        "call one on every request).",
+    )
     few_shot_style: FewShotStyle = Field(
         "turns",
         description="turns: each worked example is a made-up earlier exchange (question, tool "

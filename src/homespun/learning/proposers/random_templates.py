@@ -282,6 +282,13 @@ _CONTINUATIONS = (
 )
 
 
+_NO_TOOL_RULES = (
+    "If no tool can do what is asked, call none: answer and say so.",
+    "Call a tool only when one of them fits the request; otherwise answer directly.",
+    "",
+)
+
+
 # Rendering choices that only the constrained_json prompt and schema read.
 _CONSTRAINED_ONLY = ("catalog_arguments", "reply_protocol", "parallel_calls")
 
@@ -306,9 +313,13 @@ def _rendering_choice(t: TemplateInput) -> EditOp | None:
 
 
 def _rendering_text(t: TemplateInput) -> EditOp | None:
-    """Another result framing or continuation instruction."""
+    """Another result framing, continuation instruction or rule for requests no tool fits."""
     rendering = t.spec.agent.rendering
-    if t.rng.random() < 0.5:
+    roll = t.rng.random()
+    if roll < 0.25 and t.spec.engine.tool_call_format == "constrained_json":
+        text = _choice_other(t.rng, list(_NO_TOOL_RULES), rendering.no_tool_rule)
+        return SetRenderingText(param="no_tool_rule", text=text)  # type: ignore[arg-type]
+    if roll < 0.625:
         result, error = t.rng.choice(_RESULT_TEMPLATES)
         param = t.rng.choice(("result_template", "error_template"))
         text = result if param == "result_template" else error
