@@ -196,7 +196,10 @@ def learning_init():
 @learning_app.command("run")
 def learning_run(
     benchmark: Annotated[
-        str, typer.Option(help="starter | personal | agentdojo:SUITE")
+        str,
+        typer.Option(
+            help="starter | personal | agentdojo:SUITE | bfcl:CATEGORY (bfcl:simple, bfcl:all)"
+        ),
     ] = "starter",
     proposer: Annotated[
         str | None, typer.Option(help="llm | random | evolutionary (default: learning.proposer)")
@@ -423,7 +426,8 @@ def benchmark_refresh(
 @benchmark_app.command("show")
 def benchmark_show(
     name: Annotated[
-        str, typer.Argument(help="starter | personal | personal_vN | agentdojo:SUITE")
+        str,
+        typer.Argument(help="starter | personal | personal_vN | agentdojo:SUITE | bfcl:CATEGORY"),
     ] = "starter",
 ):
     """The tasks of a benchmark and how they split into search and held-out gate sets."""
@@ -462,7 +466,10 @@ def bench_run(
     spec_file: Annotated[
         Path | None, typer.Argument(help="Spec (default: the current one).")
     ] = None,
-    benchmark: Annotated[str, typer.Option(help="starter | agentdojo:SUITE")] = "starter",
+    benchmark: Annotated[
+        str,
+        typer.Option(help="starter | agentdojo:SUITE | bfcl:CATEGORY (e.g. bfcl:simple, bfcl:all)"),
+    ] = "starter",
     limit: Annotated[int | None, typer.Option(help="First N tasks per category.")] = None,
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     repeats: Annotated[int, typer.Option(min=1)] = 1,
