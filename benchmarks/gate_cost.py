@@ -21,7 +21,7 @@ from langchain_core.messages import HumanMessage
 
 from homespun.engines.testing import ScriptedChatModel
 from homespun.home import init_home
-from homespun.learning import loop as search_loop
+from homespun.graphs import search_loop
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
 from homespun.spec import Settings, Spec, load_spec, save_spec
 

@@ -49,7 +49,7 @@ def test_rollback_without_edits_says_so(home, settings):
 def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
     from tests.learning.toy import StudentFactory
 
-    bench = ToyBenchmark()
+    bench = ToyBenchmark(per_category=10)  # 5 gate tasks a cluster: enough for the paired gate
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
     runner.invoke(app, ["init"])
     student = StudentFactory()

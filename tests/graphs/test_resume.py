@@ -15,6 +15,7 @@ import pytest
 from homespun.home import init_home
 from homespun.stores.checkpoints import CheckpointRepo
 from homespun.stores.learning import LearningStore
+from tests.learning.toy import commit_gate_rule
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,7 @@ def _driver(home: Path, *args: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_sigkill_during_execute_then_resume(settings):
     init_home(settings)
+    commit_gate_rule(settings, "strict")  # 3 gate tasks a cluster; this test is about resuming
     proc = _driver(settings.home)
     seen_gate_for = 0
     deadline = time.time() + 120

@@ -3,6 +3,8 @@
 One proposal is accepted (commit with trailers, spec changed); one fixes its target but
 drops another cluster by more than eps and is rejected (spec file and git untouched); one
 review-tier proposal pauses, is approved, gated and committed; `rollback --last` reverts.
+The gate is the default paired rule, so the toy has 5 gate tasks a cluster: the fewest with
+which a fix of every task is significant at alpha 0.05.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ PROPOSALS = [
 ]
 
 
-def teacher_script() -> ScriptedChatModel:
-    """Diagnoses, solves the re-run tasks itself (teacher success rate), then proposes."""
+def teacher_script(proposals: list[dict] | None = None) -> ScriptedChatModel:
+    """Diagnoses, solves the re-run tasks itself (teacher success rate), then proposes
+    `proposals` (default: PROPOSALS)."""
     report = {
         "clusters": [
             {
@@ -61,7 +64,7 @@ def teacher_script() -> ScriptedChatModel:
     }
     jobs = [
         tool_call("report_diagnosis", report),
-        tool_call("submit_proposals", {"proposals": PROPOSALS}),
+        tool_call("submit_proposals", {"proposals": proposals or PROPOSALS}),
     ]
 
     def reply(messages):
@@ -77,7 +80,7 @@ def teacher_script() -> ScriptedChatModel:
 
 @pytest.fixture
 def toy(monkeypatch):
-    bench = ToyBenchmark()
+    bench = ToyBenchmark(per_category=10)
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *args: bench)
     return bench
 
@@ -151,6 +154,36 @@ async def test_full_session_accepts_rejects_pauses_and_rolls_back(settings, toy)
     assert log[0].trailers.get("Reverts-Edit-ID") == review["id"]
     assert len(log) == commits_before + 2
     assert CheckpointRepo(settings.home, settings.spec_path).file_matches_head()
+
+
+async def test_a_candidate_that_cannot_pass_stops_before_the_rest_of_the_gate(settings, toy):
+    init_home(settings)
+    useless = {
+        "target_cluster": "math",
+        "rationale": "unrelated to math",
+        "ops": [{"op": "set_memory_param", "param": "top_k", "value": 7}],
+    }
+    events: list[tuple[str, dict]] = []
+    result = await search_loop.run_search(
+        settings,
+        benchmark="toy",
+        proposer="llm",
+        sessions=1,
+        student=StudentFactory(),
+        teacher=teacher_script([useless]),
+        on_event=lambda e, d: events.append((e, d)),
+    )
+    (row,) = LearningStore(settings.learning_db).proposals(result.sessions[0])
+    assert row["status"] == "rejected"
+    # math runs first; once its 5 tasks are in, no outcome of the other 10 could pass it
+    assert row["reason"].startswith(
+        "paired rule: stopped after 5 of 15 gate tasks, since even if S' passed every "
+        "remaining run: target 'math' not shown to improve: 0 task(s) better, 0 worse of 5 "
+        "(0.000 -> 0.000), one-sided p=1 > alpha=0.05"
+    ), row["reason"]
+    candidate = [d for e, d in events if e == "evaluate_done" and "proposal" in d["label"]]
+    assert [d["runs"] for d in candidate] == [5]
+    assert "stopped after 5 of 15 tasks" in candidate[0]["label"]
 
 
 async def test_rejecting_in_review_leaves_no_trace_on_disk(settings, toy):

@@ -14,7 +14,7 @@ from homespun.home import init_home
 from homespun.learning.tasks import Task
 from homespun.spec import load_spec
 from homespun.stores.learning import LearningStore
-from tests.learning.toy import CATEGORIES, StudentFactory, ToyBenchmark
+from tests.learning.toy import CATEGORIES, StudentFactory, ToyBenchmark, commit_gate_rule
 from tests.stubs import anthropic_text, anthropic_tool_use
 
 from .test_search_session import PROPOSALS
@@ -67,6 +67,7 @@ async def test_session_with_the_anthropic_client_never_sends_private_data(
     bench = PrivateToy()
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
     init_home(settings)
+    commit_gate_rule(settings, "strict")  # 2 gate tasks a cluster; this test is about privacy
     report = {
         "clusters": [
             {

@@ -2,27 +2,46 @@
 
 What a user notices is whether an edit is accepted or rejected, and which tasks decided it:
 the split and the gate subsample must be the same in every process, every task of the pool
-is judged (an errored run is a failure, never dropped), and GateOK holds exactly: the target
-strictly improves and no other cluster, the protected `rest` included, drops by more than eps.
+is judged (an errored run is a failure, never dropped). The strict rule is GateOK exactly:
+the target strictly improves and no other cluster, the protected `rest` included, drops by
+more than eps. The paired rule (the default) accepts only a gain that noise is unlikely to
+explain, rejects a shown regression anywhere else, and says in its reason which cluster
+decided and with what numbers. Stopping a candidate early never changes a decision.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import subprocess
 import sys
+from math import comb
+
+import pytest
 
 from homespun.learning.clusters import REST_CLUSTER_ID, Cluster
 from homespun.learning.evaluation import EvalResult
 from homespun.learning.gate import (
+    ALL_OTHERS,
+    TaskPair,
+    candidate_batches,
     cluster_categories,
     cluster_scores,
     gate_ok,
     gate_subsample,
+    judge,
+    pair_outcomes,
+    settled,
+    sign_flip_p,
     split_tasks,
 )
 from homespun.learning.tasks import Task
+from homespun.mcp_servers.core import CORE_TOOL_DESCRIPTIONS
+from homespun.spec import SpecError, parse_spec
+from homespun.spec.defaults import default_spec_text
+from homespun.spec.models import GateSpec
 from homespun.stores.eval_cache import TaskOutcome
 
 BENCH = "toy"
@@ -41,12 +60,17 @@ def _ids(tasks: list[Task]) -> list[str]:
 
 
 def _outcome(
-    task_id: str, category: str, score: float, status: str = "ok", error: str | None = None
+    task_id: str,
+    category: str,
+    score: float,
+    status: str = "ok",
+    error: str | None = None,
+    repeat: int = 0,
 ) -> TaskOutcome:
     return TaskOutcome(
         task_id=task_id,
         category=category,
-        repeat=0,
+        repeat=repeat,
         success=score == 1.0,
         score=score,
         reason=error or "",
@@ -336,3 +360,233 @@ def test_clusters_without_a_score_on_either_side_are_not_regressions():
     decision = gate_ok(before, after, "arith", eps=0.01)
     assert decision.accepted, decision.reason
     assert decision.deltas() == {"arith": 1.0}
+
+
+# --------------------------------------------------------------------------- paired outcomes
+
+PAIRED = GateSpec()  # the default: rule "paired"
+STRICT = GateSpec(rule="strict")
+
+
+def _pairs(cluster: str, before: str, after: str | None = None) -> list[TaskPair]:
+    """One task per character, its category the cluster's id: '1' passed, '0' failed;
+    `after` None: S' has not run them yet."""
+    return [
+        TaskPair(
+            f"{cluster}-{i:02d}",
+            cluster,
+            1,
+            int(b),
+            float(b),
+            None if after is None else int(after[i]),
+            None if after is None else float(after[i]),
+        )
+        for i, b in enumerate(before)
+    ]
+
+
+def _scopes(*clusters: str) -> dict[str, set[str]]:
+    return {c: {c} for c in clusters}
+
+
+def test_pairs_are_made_by_task_over_the_repeats_both_ran_and_a_crash_is_a_failure():
+    before = [
+        _outcome("a1", "arith", 0.0, repeat=0),
+        _outcome("a1", "arith", 1.0, repeat=1),
+        _outcome("a2", "arith", 1.0, repeat=0),
+        _outcome("a2", "arith", 1.0, repeat=1),
+        _outcome("m1", "mem", 1.0),
+    ]
+    after = [
+        _outcome("a1", "arith", 1.0, repeat=0),
+        _outcome("a1", "arith", 1.0, repeat=1),
+        _outcome("a2", "arith", 0.0, "error", "timeout", repeat=0),
+        _outcome("a2", "arith", 1.0, repeat=1),
+    ]
+    a1, a2, m1 = pair_outcomes(before, after)
+    assert (a1.runs, a1.before_passed, a1.after_passed) == (2, 1, 2)
+    assert (a2.before_passed, a2.after_passed, a2.after_score) == (2, 1, 1.0)  # crash counted
+    assert m1.pending and m1.before_passed == 1  # S' has not run it
+    assert [p.task_id for p in pair_outcomes(before, [])] == ["a1", "a2", "m1"]
+
+
+def test_the_paired_test_is_the_exact_sign_test_and_counts_tasks_not_repeats():
+    for n in range(8):
+        for better in range(n + 1):
+            exact = sum(comb(n, k) for k in range(better, n + 1)) / 2**n
+            assert sign_flip_p([1] * better + [-1] * (n - better)) == pytest.approx(exact)
+    assert sign_flip_p([0, 0, 0]) == 1.0  # no task changed: no evidence at all
+    # Two tasks fixed in all 3 repeats are two tasks, not six runs, of evidence: a
+    # deterministic student repeats a lucky flip in every repeat.
+    assert sign_flip_p([3, 3]) == 0.25
+    assert sign_flip_p([2, 1, 1]) == 1 / 8 and sign_flip_p([2, -1]) == 1 / 2
+
+
+def test_a_null_ish_candidate_is_rejected_with_the_cluster_and_its_numbers():
+    pairs = _pairs("arith", "0101010101", "1100110011") + _pairs("mem", "11111", "11111")
+    decision = judge(pairs, _scopes("arith", "mem"), "arith", PAIRED)
+    assert not decision.accepted and decision.rule == "paired"
+    assert decision.reason.startswith("paired rule: target 'arith' not shown to improve")
+    assert "3 task(s) better, 2 worse of 10 (0.500 -> 0.600)" in decision.reason
+    assert "p=0.5 > alpha=0.05" in decision.reason
+    # the strict rule takes the same coin toss for a gain
+    assert judge(pairs, _scopes("arith", "mem"), "arith", STRICT).accepted
+
+
+def test_a_clear_improvement_is_accepted():
+    pairs = _pairs("arith", "0000000011", "1111110011") + _pairs("mem", "11110", "11110")
+    decision = judge(pairs, _scopes("arith", "mem"), "arith", PAIRED)
+    assert decision.accepted, decision.reason
+    assert "target 'arith' improved: 6 task(s) better, 0 worse of 10 (0.200 -> 0.800)" in (
+        decision.reason
+    )
+    assert "p=0.0156 <= alpha=0.05" in decision.reason
+    assert decision.before == {"arith": 0.2, "mem": 0.8}
+    assert decision.after == {"arith": 0.8, "mem": 0.8}
+
+
+def test_a_target_with_too_few_gate_tasks_says_how_many_are_needed():
+    pairs = _pairs("time", "00", "11") + _pairs("mem", "11111", "11111")
+    decision = judge(pairs, _scopes("time", "mem"), "time", PAIRED)
+    assert not decision.accepted  # 2 of 2 fixed is p=0.25: a coin could do it
+    assert "with 2 gate task(s) no edit can reach alpha=0.05, at least 5 are needed" in (
+        decision.reason
+    )
+    assert judge(pairs, _scopes("time", "mem"), "time", STRICT).accepted
+
+
+def test_a_shown_regression_on_another_cluster_rejects_and_is_named():
+    fixed = _pairs("arith", "000000", "111111")
+    broken = _pairs("mem", "111111", "000000")
+    decision = judge(fixed + broken, _scopes("arith", "mem"), "arith", PAIRED)
+    assert not decision.accepted
+    assert "target 'arith' improved" in decision.reason
+    assert "but 'mem' dropped 1.000 -> 0.000, more than max_regression=0.5" in decision.reason
+    assert decision.regressions == {"mem": 1.0}
+    # a smaller drop, but one noise hardly explains
+    half = _pairs("mem", "1111111111", "1111100000")
+    decision = judge(fixed + half, _scopes("arith", "mem"), "arith", PAIRED)
+    assert not decision.accepted
+    assert "'mem' regressed: 5 task(s) worse, 0 better of 10 (1.000 -> 0.500)" in decision.reason
+    assert "<= regression_alpha=0.05" in decision.reason
+
+
+def test_a_small_cluster_that_breaks_entirely_rejects_though_it_cannot_be_significant():
+    pairs = _pairs("arith", "000000", "111111") + _pairs(REST_CLUSTER_ID, "11", "00")
+    decision = judge(pairs, _scopes("arith", REST_CLUSTER_ID), "arith", PAIRED)
+    assert not decision.accepted
+    assert f"'{REST_CLUSTER_ID}' dropped 1.000 -> 0.000" in decision.reason
+    one_of_two = _pairs("arith", "000000", "111111") + _pairs(REST_CLUSTER_ID, "11", "10")
+    assert judge(one_of_two, _scopes("arith", REST_CLUSTER_ID), "arith", PAIRED).accepted
+
+
+def test_a_regression_spread_over_many_clusters_is_caught_together():
+    pairs = _pairs("arith", "000000", "111111")
+    others = [f"c{k}" for k in range(6)]
+    for c in others:  # one task of three broken in each: noise, cluster by cluster
+        pairs += _pairs(c, "111", "110")
+    decision = judge(pairs, _scopes("arith", *others), "arith", PAIRED)
+    assert not decision.accepted
+    assert f"'{ALL_OTHERS}' regressed: 6 task(s) worse, 0 better of 18" in decision.reason
+    assert set(decision.regressions) == {ALL_OTHERS}
+
+
+def test_the_strict_rule_is_gate_ok_on_the_paired_means():
+    pairs = _pairs("arith", "0000", "0100") + _pairs("mem", "1111", "1101")
+    scopes = _scopes("arith", "mem")
+    decision = judge(pairs, scopes, "arith", GateSpec(rule="strict", eps=0.25))
+    expected = gate_ok({"arith": 0.0, "mem": 1.0}, {"arith": 0.25, "mem": 0.75}, "arith", 0.25)
+    assert decision.accepted == expected.accepted is True
+    assert decision.rule == "strict"
+    assert decision.reason == f"strict rule: {expected.reason}"
+    tight = judge(pairs, scopes, "arith", GateSpec(rule="strict", eps=0.1))
+    assert not tight.accepted and tight.regressions == {"mem": 0.25}
+    assert "mem -0.250" in tight.reason
+
+
+def test_an_unknown_gate_rule_in_the_spec_file_is_an_error_naming_the_field():
+    text = default_spec_text(CORE_TOOL_DESCRIPTIONS)
+    assert parse_spec(text).learning.gate.rule == "paired"  # the default
+    assert '\nrule = "paired"' in text  # the template writes the rule out
+    strict = text.replace('\nrule = "paired"', '\nrule = "strict"', 1)
+    assert parse_spec(strict).learning.gate.rule == "strict"
+    with pytest.raises(SpecError) as err:
+        parse_spec(text.replace('\nrule = "paired"', '\nrule = "lucky"', 1))
+    assert "learning.gate.rule" in err.value.fields
+    assert "learning.gate.rule" in str(err.value)
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+def test_the_candidate_runs_the_target_cluster_first_in_batches():
+    tasks = _tasks(files=3, memory=2, arithmetic=4)
+    batches = candidate_batches(tasks, {"arithmetic"}, 3)
+    assert [len(b) for b in batches] == [3, 3, 3]
+    assert [t.category for t in batches[0]] == ["arithmetic"] * 3
+    assert batches[1][0].category == "arithmetic"
+    assert sorted(t.id for b in batches for t in b) == sorted(_ids(tasks))
+    assert candidate_batches(tasks, {"arithmetic"}, 0) == [sum(batches, [])]
+    assert candidate_batches([], {"arithmetic"}, 3) == []
+
+
+def test_a_candidate_that_cannot_win_stops_early_and_says_so():
+    ran = _pairs("arith", "0101010101", "0000000001")  # 0 better, 4 worse so far
+    pending = _pairs("mem", "1111100000")
+    decision = settled(ran + pending, _scopes("arith", "mem"), "arith", PAIRED)
+    assert decision is not None and not decision.accepted and decision.stopped_early
+    assert decision.reason.startswith(
+        "paired rule: stopped after 10 of 20 gate tasks, since even if S' passed every "
+        "remaining run: target 'arith' not shown to improve"
+    )
+    assert decision.after == {"arith": 0.1, "mem": None}  # what S' really did, no guesses
+
+
+def test_an_undecided_candidate_runs_on_and_a_certain_winner_stops():
+    scopes = _scopes("arith", "mem")
+    fixed = _pairs("arith", "0000000000", "1111111111")
+    assert settled(fixed + _pairs("mem", "11111"), scopes, "arith", PAIRED) is None
+    # S failed every remaining task: even if S' fails them too nothing can regress
+    winner = settled(fixed + _pairs("mem", "00000"), scopes, "arith", PAIRED)
+    assert winner is not None and winner.accepted and winner.stopped_early
+    assert "even if S' failed every remaining run" in winner.reason
+
+
+@pytest.mark.parametrize("rule", ["paired", "strict"])
+@pytest.mark.parametrize("runs", [1, 2])
+def test_stopping_early_never_changes_a_decision(rule, runs):
+    """Against every way the pending runs could come out: `settled` answers exactly when
+    they all lead to the same decision, and answers that decision."""
+    gate = GateSpec(rule=rule)
+    rng = random.Random(f"{rule}{runs}")
+    scopes = _scopes("arith", "mem", "files")
+    sizes = {"arith": 6, "mem": 4, "files": 3}
+    for _ in range(120 if runs == 1 else 60):
+        pairs = []
+        for cluster, n in sizes.items():
+            lift = rng.choice([0, 1]) if cluster == "arith" else -rng.choice([0, 1])
+            for i in range(n):
+                b = rng.randint(0, runs)
+                a = min(runs, max(0, rng.randint(0, runs) + lift))
+                pairs.append(TaskPair(f"{cluster}-{i}", cluster, runs, b, float(b), a, float(a)))
+        pending = rng.sample(range(len(pairs)), rng.randint(1, 5 if runs == 1 else 3))
+        partial = [
+            TaskPair(p.task_id, p.category, runs, p.before_passed, p.before_score)
+            if i in pending
+            else p
+            for i, p in enumerate(pairs)
+        ]
+        outcomes = set()
+        for fill in itertools.product(range(runs + 1), repeat=len(pending)):
+            done = list(partial)
+            for i, a in zip(pending, fill, strict=True):
+                p = partial[i]
+                done[i] = TaskPair(
+                    p.task_id, p.category, runs, p.before_passed, p.before_score, a, a
+                )
+            outcomes.add(judge(done, scopes, "arith", gate).accepted)
+        early = settled(partial, scopes, "arith", gate)
+        if len(outcomes) == 1:
+            assert early is not None and early.accepted == outcomes.pop()
+        else:
+            assert early is None

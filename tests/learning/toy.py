@@ -16,7 +16,8 @@ from langchain_core.messages import HumanMessage
 
 from homespun.engines.testing import ScriptedChatModel
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
-from homespun.spec import Spec
+from homespun.spec import Settings, Spec, load_spec, save_spec
+from homespun.stores.checkpoints import CheckpointRepo
 
 CATEGORIES = ("math", "recall", "tone")
 
@@ -93,3 +94,17 @@ class NaiveAwareStudent:
             return gold if passes(spec, category) else "no idea"
 
         return ScriptedChatModel(script=[reply] * 50)
+
+
+def commit_gate_rule(settings: Settings, rule: str) -> None:
+    """Commit `learning.gate.rule = rule` to the spec of an initialised HOMESPUN_HOME.
+
+    For session tests whose toy gate has 2-4 tasks a cluster: too few for the paired rule to
+    ever show a gain (5 are needed at alpha 0.05). They test the session, not the gate.
+    """
+    spec = load_spec(settings.spec_path)
+    spec.learning.gate.rule = rule
+    save_spec(spec, settings.spec_path)
+    repo = CheckpointRepo(settings.home, settings.spec_path)
+    repo.repo.index.add([settings.spec_path.name])
+    repo.repo.index.commit(f"test settings: learning.gate.rule = {rule}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
@@ -29,12 +29,15 @@ from langgraph.types import interrupt
 
 from homespun.engines.cost import CostMeter
 from homespun.learning.clusters import Diagnosis
-from homespun.learning.evaluation import EvalResult, StudentFactory, evaluate
+from homespun.learning.evaluation import EvalResult, StudentFactory, eval_key, evaluate
 from homespun.learning.gate import (
+    TaskPair,
+    candidate_batches,
     cluster_categories,
     cluster_scores,
-    gate_ok,
     gate_subsample,
+    pair_outcomes,
+    settled,
     split_tasks,
 )
 from homespun.learning.proposers.base import Proposer
@@ -42,7 +45,7 @@ from homespun.learning.tasks import Benchmark, Task
 from homespun.spec import Settings, Spec
 from homespun.spec.edits import EditError, Proposal, apply_proposal, describe_proposal, risk_tier
 from homespun.stores.checkpoints import CheckpointRepo
-from homespun.stores.eval_cache import EvalCache
+from homespun.stores.eval_cache import EvalCache, TaskOutcome
 from homespun.stores.learning import LearningStore
 from homespun.stores.traces import TraceStore
 
@@ -94,18 +97,41 @@ class SearchContext:
         return search, held_out
 
     async def evaluate(self, spec: Spec, tasks: list[Task], label: str) -> EvalResult:
-        self.emit("evaluate_start", label=label, tasks=len(tasks) * spec.learning.gate.repeats)
-        result = await evaluate(
-            spec,
-            self.settings,
-            self.benchmark,
-            tasks,
-            repeats=spec.learning.gate.repeats,
-            concurrency=self.concurrency,
-            cache=self.cache,
-            student=self.student,
-            on_outcome=lambda o: self.emit("task_done", label=label, outcome=o),
-        )
+        return await self.evaluate_batches(spec, [tasks], label)
+
+    async def evaluate_batches(
+        self,
+        spec: Spec,
+        batches: list[list[Task]],
+        label: str,
+        *,
+        done: Callable[[list[TaskOutcome]], bool] | None = None,
+    ) -> EvalResult:
+        """Evaluate batch after batch until `done(outcomes so far)`; one progress line."""
+        repeats = spec.learning.gate.repeats
+        total = sum(len(b) for b in batches)
+        self.emit("evaluate_start", label=label, tasks=total * repeats)
+        outcomes: list[TaskOutcome] = []
+        ran = 0
+        for batch in batches:
+            part = await evaluate(
+                spec,
+                self.settings,
+                self.benchmark,
+                batch,
+                repeats=repeats,
+                concurrency=self.concurrency,
+                cache=self.cache,
+                student=self.student,
+                on_outcome=lambda o: self.emit("task_done", label=label, outcome=o),
+            )
+            outcomes += part.outcomes
+            ran += len(batch)
+            if done is not None and done(outcomes):
+                break
+        result = EvalResult(eval_key(spec), self.benchmark.name, outcomes)
+        if ran < total:
+            label = f"{label} (stopped after {ran} of {total} tasks: the rest cannot matter)"
         self.emit("evaluate_done", label=label, accuracy=result.accuracy, runs=result.runs)
         return result
 
@@ -419,21 +445,46 @@ async def execute(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         }
     _, held_out = ctx.split(current)
     before = await ctx.evaluate(current, held_out, "gate: current spec")
-    after = await ctx.evaluate(candidate, held_out, f"gate: proposal {proposal.id}")
     diagnosis = Diagnosis.model_validate(state["diagnosis"])
-    scopes = cluster_categories(diagnosis.clusters, {t.category for t in held_out})
+    pairs = await _gate_candidate(ctx, current, candidate, proposal, diagnosis, held_out, before)
     return {
         **trained,
         "approvals": approvals,
         "candidate": {
-            "before": cluster_scores(before, scopes),
-            "after": cluster_scores(after, scopes),
+            "pairs": [asdict(p) for p in pairs],
             "accuracy_before": before.accuracy,
-            "accuracy_after": after.accuracy,
             "candidate_hash": candidate.content_hash(),
         },
         "decision": None,
     }
+
+
+async def _gate_candidate(
+    ctx: SearchContext,
+    current: Spec,
+    candidate: Spec,
+    proposal: Proposal,
+    diagnosis: Diagnosis,
+    held_out: list[Task],
+    before: EvalResult,
+) -> list[TaskPair]:
+    """Run S' on the gate set, target cluster first, in batches of `learning.gate.chunk`
+    tasks, until the rest of the set can no longer change the gate's decision."""
+    gate_spec = current.learning.gate
+    scopes = cluster_categories(diagnosis.clusters, {t.category for t in held_out})
+    target = proposal.target_cluster
+
+    def decided(outcomes: list[TaskOutcome]) -> bool:
+        pairs = pair_outcomes(before.outcomes, outcomes)
+        return settled(pairs, scopes, target, gate_spec) is not None
+
+    # A batch smaller than the concurrency would leave workers idle between looks.
+    size = max(gate_spec.chunk, ctx.concurrency) if gate_spec.chunk else 0
+    batches = candidate_batches(held_out, scopes.get(target, set()), size)
+    after = await ctx.evaluate_batches(
+        candidate, batches, f"gate: proposal {proposal.id}", done=decided
+    )
+    return pair_outcomes(before.outcomes, after.outcomes)
 
 
 async def _train_if_needed(
@@ -474,16 +525,20 @@ def gate(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     ctx = _context(runtime)
     proposal = Proposal.model_validate(state["proposals"][state["index"]])
     spec = ctx.checkpoints.head_spec()
-    cand = state["candidate"]
-    decision = gate_ok(
-        cand["before"], cand["after"], proposal.target_cluster, spec.learning.gate.eps
-    )
-    ctx.store.set_cluster_scores(state["session_id"], proposal.id, cand["before"], cand["after"])
+    pairs = [TaskPair(**p) for p in state["candidate"]["pairs"]]
+    diagnosis = Diagnosis.model_validate(state["diagnosis"])
+    scopes = cluster_categories(diagnosis.clusters, {p.category for p in pairs})
+    decision = settled(pairs, scopes, proposal.target_cluster, spec.learning.gate)
+    if decision is None:  # execute runs S' until the decision is settled
+        raise RuntimeError(f"gate for {proposal.id}: S' stopped before the decision settled")
+    ctx.store.set_cluster_scores(state["session_id"], proposal.id, decision.before, decision.after)
     ctx.emit("gate", proposal=proposal, decision=decision)
     return {
         "decision": {
             "accepted": decision.accepted,
             "reason": decision.reason,
+            "rule": decision.rule,
+            "stopped_early": decision.stopped_early,
             "deltas": decision.deltas(),
         }
     }

@@ -115,10 +115,15 @@ proposer = "random"    # llm | random | evolutionary
 teacher_reruns_per_cluster = 3   # tasks the teacher re-runs per cluster (0 = off)
 
 [learning.gate]
+rule = "paired"        # paired: an exact paired test on the same tasks | strict: the paper's GateOK
+alpha = 0.05           # paired: how often an edit that changes nothing may pass
+regression_alpha = 0.05  # paired: another cluster dropping > eps at this p rejects
+max_regression = 0.5   # paired: another cluster dropping more than this rejects outright
 eps = 0.01             # max regression allowed on any other failure cluster
-subsample = 50
+chunk = 5              # candidate tasks per look; stops once the rest cannot change the decision
+subsample = 50         # held-out tasks per gate evaluation
 seed = 0
-repeats = 1
+repeats = 1            # runs per gate task; more help only a stochastic student (temperature > 0)
 
 [learning.loop]
 stagnation_k = 5

@@ -531,10 +531,58 @@ class ChannelsSpec(_Strict):
 
 
 class GateSpec(_Strict):
-    eps: float = Field(0.01, ge=0.0, le=1.0, description="Max regression of any other cluster.")
+    rule: Literal["paired", "strict"] = Field(
+        "paired",
+        description="How the gate decides. 'paired': S and S' on the same held-out tasks; "
+        "accept only if the target cluster's gain is significant (exact one-sided paired test "
+        "at alpha) and no other cluster shows a regression. 'strict': the paper's GateOK on "
+        "means (G_c(S') > G_c(S), every other G_c'(S') >= G_c'(S) - eps), which also accepts "
+        "edits that only won a coin toss.",
+    )
+    eps: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Max regression of any other cluster (strict: any drop beyond it rejects; "
+        "paired: a drop beyond it rejects when it is significant at regression_alpha).",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Paired rule: one-sided level of the target cluster's test; an edit that "
+        "changes nothing is accepted at most this often. A cluster needs at least "
+        "log2(1/alpha) gate tasks (5 at 0.05) before any edit can pass.",
+    )
+    regression_alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Paired rule: another cluster (or all of them together) whose pass rate "
+        "drops by more than eps with one-sided p <= this is a regression.",
+    )
+    max_regression: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Paired rule: a drop of any other cluster's pass rate above this rejects "
+        "even without significance (a cluster of 2 tasks can never show one).",
+    )
+    chunk: int = Field(
+        5,
+        ge=0,
+        description="Gate tasks the candidate runs between looks, target cluster first; it "
+        "stops once the remaining tasks cannot change the decision. 0: run every task.",
+    )
     subsample: int = Field(50, ge=1, description="Held-out tasks per gate evaluation.")
     seed: int = Field(0, description="Subsample seed (stable across processes).")
-    repeats: int = Field(1, ge=1, le=10)
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="Runs per gate task. The paired rule's unit is the task (its net gain "
+        "over the runs), so repeats add power only for a stochastic student.",
+    )
 
 
 class LoopSpec(_Strict):
