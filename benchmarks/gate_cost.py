@@ -20,8 +20,8 @@ from pathlib import Path
 from langchain_core.messages import HumanMessage
 
 from homespun.engines.testing import ScriptedChatModel
-from homespun.home import init_home
 from homespun.graphs import search_loop
+from homespun.home import init_home
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
 from homespun.spec import Settings, Spec, load_spec, save_spec
 

@@ -40,6 +40,98 @@ def test_learning_init_history_review_and_benchmark_show(home, settings):
     assert bad.exit_code == 1 and "unknown benchmark" in bad.output
 
 
+def test_a_run_without_a_test_split_says_test_accuracy_is_not_measured(home, settings, monkeypatch):
+    from tests.graphs.test_search_session import PROPOSALS
+    from tests.learning.toy import StudentFactory
+
+    bench = ToyBenchmark()
+    monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
+    runner.invoke(app, ["init"])
+    spec = load_spec(settings.spec_path)
+    spec.learning.gate.test_fraction = 0.0
+    save_spec(spec, settings.spec_path)
+    _commit_spec(settings)
+    real_run = search_loop.run_search
+
+    async def run(*a, **k):
+        teacher = teacher_script(PROPOSALS[:2])  # no review tier: the session ends
+        return await real_run(*a, **{**k, "student": StudentFactory(), "teacher": teacher})
+
+    monkeypatch.setattr(search_loop, "run_search", run)
+    res = runner.invoke(app, ["learning", "run", "--benchmark", "toy", "--proposer", "llm"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "test accuracy not measured: learning.gate.test_fraction = 0" in out
+    assert "done: gate accuracy 0.333 → 0.333 · test accuracy not measured" in out
+    assert "test accuracy not measured (no test split)" in out
+    (session,) = LearningStore(settings.learning_db).sessions()
+    assert (session.test_tasks, session.test_score_before, session.test_score_after) == (
+        0,
+        None,
+        None,
+    )
+
+
+def _session(store: LearningStore, **scores) -> str:
+    sid = store.new_session(benchmark="toy", proposer="random", teacher="", spec_hash="h")
+    store.update_session(sid, status="done", **scores)
+    return sid
+
+
+def _row(output: str, sid: str) -> str:
+    return " ".join(next(line for line in output.splitlines() if sid in line).split())
+
+
+def test_history_and_show_print_test_accuracy_next_to_the_gate_score(home, settings):
+    runner.invoke(app, ["init"])
+    store = LearningStore(settings.learning_db)
+    measured = _session(
+        store,
+        gate_score_before=0.4,
+        gate_score_after=0.6,
+        test_score_before=0.25,
+        test_score_after=0.5,
+        test_tasks=12,
+    )
+    unmeasured = _session(store, gate_score_before=0.4, gate_score_after=0.4, test_tasks=0)
+    hist = runner.invoke(app, ["learning", "history"], env={"COLUMNS": "200"})
+    assert hist.exit_code == 0, hist.output
+    assert "test on the untouched tasks" in " ".join(hist.output.split())
+    assert "0.400 → 0.600 │ 0.250 → 0.500" in _row(hist.output, measured)
+    assert "0.400 → 0.400 │ not measured" in _row(hist.output, unmeasured)
+    shown = runner.invoke(app, ["learning", "show", measured], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "gate accuracy 0.400 → 0.600 · test accuracy 0.250 → 0.500 (12 untouched tasks)" in (
+        shown.output
+    )
+    shown = runner.invoke(app, ["learning", "show", unmeasured], env={"COLUMNS": "200"})
+    assert "test accuracy not measured" in shown.output
+
+
+def test_a_learning_database_from_before_the_test_split_still_reads(home, settings):
+    import sqlite3
+
+    settings.learning_db.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(settings.learning_db)
+    columns = (
+        "id text primary key, started_at float, ended_at float, status text, benchmark text, "
+        "proposer text, teacher text, spec_hash_before text, spec_hash_after text, "
+        "gate_score_before float, gate_score_after float, cost_usd float, note text"
+    )
+    old.execute(f"create table sessions ({columns})")
+    old.execute(
+        "insert into sessions values ('20240101-000000-abcdef', 0, 1, 'done', 'starter', "
+        "'random', '', 'a', 'b', 0.3, 0.5, 0, '')"
+    )
+    old.commit()
+    old.close()
+    row = LearningStore(settings.learning_db).session("20240101")
+    assert (row.gate_score_after, row.test_score_before, row.test_tasks) == (0.5, None, None)
+    hist = runner.invoke(app, ["learning", "history"], env={"COLUMNS": "200"})
+    assert hist.exit_code == 0, hist.output
+    assert "0.300 → 0.500 │ —" in _row(hist.output, "20240101-000000-abcdef")
+
+
 def test_rollback_without_edits_says_so(home, settings):
     runner.invoke(app, ["init"])
     res = runner.invoke(app, ["learning", "rollback", "--last"])
@@ -49,7 +141,8 @@ def test_rollback_without_edits_says_so(home, settings):
 def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
     from tests.learning.toy import StudentFactory
 
-    bench = ToyBenchmark(per_category=10)  # 5 gate tasks a cluster: enough for the paired gate
+    # 13 a category: 3 test, 5 search and 5 gate tasks, enough for the paired gate
+    bench = ToyBenchmark(per_category=13)
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
     runner.invoke(app, ["init"])
     student = StudentFactory()
@@ -66,12 +159,17 @@ def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
     res = runner.invoke(app, ["learning", "run", "--benchmark", "toy", "--proposer", "llm"])
     assert res.exit_code == 0, res.output
     assert "ACCEPT" in res.output and "REJECT" in res.output and "paused" in res.output
+    out = " ".join(res.output.split())
+    assert "15 held-out tasks; test: 9 untouched tasks" in out
+    assert "test accuracy 0.333 → — on 9 tasks that no diagnosis, proposer or gate saw" in out
     store = LearningStore(settings.learning_db)
     pending = store.proposals(status="pending_review")[0]["id"]
     listed = runner.invoke(app, ["learning", "review"])
     assert pending in listed.output
     approved = runner.invoke(app, ["learning", "approve", pending])
     assert approved.exit_code == 0, approved.output
+    # every cluster fixed: the untouched test split agrees with the gate
+    assert "test accuracy 0.333 → 1.000" in " ".join(approved.output.split())
     assert store.proposal(pending)["status"] == "accepted"
     sid = store.proposal(pending)["session_id"]
     shown = runner.invoke(app, ["learning", "show", sid])

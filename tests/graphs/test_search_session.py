@@ -3,13 +3,17 @@
 One proposal is accepted (commit with trailers, spec changed); one fixes its target but
 drops another cluster by more than eps and is rejected (spec file and git untouched); one
 review-tier proposal pauses, is approved, gated and committed; `rollback --last` reverts.
-The gate is the default paired rule, so the toy has 5 gate tasks a cluster: the fewest with
-which a fix of every task is significant at alpha 0.05.
+The gate is the default paired rule, so the toy has 13 tasks a category: 3 go to the test
+split (learning.gate.test_fraction 0.25), the other 10 to 5 search and 5 gate tasks, the
+fewest with which a fix of every task is significant at alpha 0.05. The test split is run
+for the session's before/after report only: neither the teacher (diagnosis, proposals) nor
+any candidate spec the gate runs ever sees one of its tasks.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -42,9 +46,11 @@ PROPOSALS = [
 ]
 
 
-def teacher_script(proposals: list[dict] | None = None) -> ScriptedChatModel:
+def teacher_script(
+    proposals: list[dict] | None = None, seen: list[str] | None = None
+) -> ScriptedChatModel:
     """Diagnoses, solves the re-run tasks itself (teacher success rate), then proposes
-    `proposals` (default: PROPOSALS)."""
+    `proposals` (default: PROPOSALS). Every message it is sent goes into `seen`."""
     report = {
         "clusters": [
             {
@@ -70,6 +76,8 @@ def teacher_script(proposals: list[dict] | None = None) -> ScriptedChatModel:
     def reply(messages):
         from langchain_core.messages import HumanMessage
 
+        if seen is not None:
+            seen.extend(str(m.content) for m in messages)
         question = next(m.content for m in reversed(messages) if isinstance(m, HumanMessage))
         if question.startswith("Q:"):  # a re-run: the teacher acting as the agent
             return question.split(":")[2].split(" ")[0]
@@ -80,7 +88,7 @@ def teacher_script(proposals: list[dict] | None = None) -> ScriptedChatModel:
 
 @pytest.fixture
 def toy(monkeypatch):
-    bench = ToyBenchmark(per_category=10)
+    bench = ToyBenchmark(per_category=13)
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *args: bench)
     return bench
 
@@ -184,6 +192,11 @@ async def test_a_candidate_that_cannot_pass_stops_before_the_rest_of_the_gate(se
     candidate = [d for e, d in events if e == "evaluate_done" and "proposal" in d["label"]]
     assert [d["runs"] for d in candidate] == [5]
     assert "stopped after 5 of 15 tasks" in candidate[0]["label"]
+    # Nothing accepted: the test split ran once, and the session's end reuses that score.
+    tested = [d["label"] for e, d in events if e == "evaluate_start" and "test" in d["label"]]
+    assert tested == ["test: current spec on the test split"]
+    session = LearningStore(settings.learning_db).session(result.sessions[0])
+    assert session.test_score_after == session.test_score_before == pytest.approx(1 / 3)
 
 
 async def test_rejecting_in_review_leaves_no_trace_on_disk(settings, toy):
@@ -233,3 +246,70 @@ async def test_an_unchanged_spec_is_never_re_run(settings, toy):
     again = await evaluate(spec, settings, toy, toy.tasks(), cache=cache, student=student)
     assert student.calls == calls  # zero model calls
     assert again.runs == 0 and again.accuracy == first.accuracy
+
+
+async def test_the_test_split_is_seen_only_by_the_before_and_after_report(settings, toy):
+    init_home(settings)
+    start_hash = load_spec(settings.spec_path).content_hash()
+    student, seen = StudentFactory(), []
+    events: list[tuple[str, dict]] = []
+    # No review-tier proposal: the session runs to its end in one go.
+    result = await search_loop.run_search(
+        settings,
+        benchmark="toy",
+        proposer="llm",
+        student=student,
+        teacher=teacher_script(PROPOSALS[:2], seen=seen),
+        on_event=lambda e, d: events.append((e, d)),
+    )
+    store = LearningStore(settings.learning_db)
+    session = store.session(result.sessions[0])
+    final_hash = load_spec(settings.spec_path).content_hash()
+    assert final_hash != start_hash  # the recall edit was accepted
+
+    phase = next(d for e, d in events if e == "phase" and d["name"] == "diagnose")
+    assert (phase["search_tasks"], phase["gate_tasks"], phase["test_tasks"]) == (15, 15, 9)
+    by_label: dict[str, set[str]] = {}
+    for e, d in events:
+        if e == "task_done":
+            by_label.setdefault(d["label"], set()).add(d["outcome"].task_id)
+    test_ids = by_label.pop("test: current spec on the test split")
+    assert by_label.pop("test: final spec on the test split") == test_ids and len(test_ids) == 9
+    assert all(not ids & test_ids for ids in by_label.values())  # diagnosis and gate runs
+
+    # The student ran each test task twice, under the first and the final spec: never
+    # under the rejected candidate, nor again for the unchanged one.
+    on_test = [(h, t) for h, t in student.asked if t in test_ids]
+    assert sorted(on_test) == sorted((h, t) for h in (start_hash, final_hash) for t in test_ids)
+    assert {t for _, t in student.asked} - test_ids  # it did run the other tasks
+    # The teacher diagnosed and proposed without a word about a test task.
+    text = "\n".join(seen)
+    assert "math-" in text  # it was shown failing search runs ...
+    assert not [t for t in test_ids if re.search(rf"\b{t}\b", text)]  # ... and no test one
+
+    # recall fixed: 3 of 9 test tasks pass before (tone), 6 of 9 after
+    assert session.test_tasks == 9
+    assert (session.test_score_before, session.test_score_after) == pytest.approx((1 / 3, 2 / 3))
+    done = next(d for e, d in events if e == "session_done")
+    assert (done["test_before"], done["test_after"]) == pytest.approx((1 / 3, 2 / 3))
+    assert result.test_scores == [(session.test_score_before, session.test_score_after)]
+
+
+def test_the_test_split_is_measured_on_at_most_subsample_tasks(tmp_path):
+    # a quarter of a large benchmark would cost more than the session: cap it like the gate
+    from homespun.graphs.search import SearchContext
+    from homespun.learning.proposers.random_templates import RandomTemplateProposer
+    from homespun.spec import Settings, Spec
+
+    spec = Spec()
+    spec.learning.gate.subsample = 6
+    ctx = SearchContext(
+        settings=Settings(home=tmp_path),
+        benchmark=ToyBenchmark(per_category=40),
+        proposer=RandomTemplateProposer(),
+    )
+    split = ctx.split(spec)
+    assert len(split.gate) == 6 and len(split.test) == 6
+    assert {t.category for t in split.test} == {t.category for t in ctx.benchmark.tasks()}
+    assert split.test == ctx.split(spec).test  # stable
+    assert not {t.id for t in split.test} & {t.id for t in split.gate + split.search}

@@ -64,7 +64,7 @@ async def test_session_with_the_anthropic_client_never_sends_private_data(
 ):
     url, server = http_stub.base_url, http_stub
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
-    bench = PrivateToy()
+    bench = PrivateToy(per_category=5)  # 1 test, 2 search and 2 gate tasks a category
     monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
     init_home(settings)
     commit_gate_rule(settings, "strict")  # 2 gate tasks a cluster; this test is about privacy

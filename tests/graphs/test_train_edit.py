@@ -89,8 +89,10 @@ async def test_train_lora_approved_trained_gated_committed_and_rejected_leaves_n
     spec.agent.few_shot = []
     spec.intelligence.max_tokens = 24
     spec.learning.teacher_reruns_per_cluster = 0
-    # 4 gate tasks: too few for the paired rule to show a gain; this test is about training.
+    # 4 gate tasks: too few for the paired rule to show a gain; this test is about training,
+    # so no test split either: the LoRA trains on the whole search half (4 tasks).
     spec.learning.gate.rule = "strict"
+    spec.learning.gate.test_fraction = 0.0
     save_spec(spec, settings.spec_path)
     repo = CheckpointRepo(settings.home, settings.spec_path)
     repo.repo.index.add(["spec.toml"])

@@ -36,6 +36,7 @@ from homespun.learning.gate import (
     settled,
     sign_flip_p,
     split_tasks,
+    split_three,
 )
 from homespun.learning.tasks import Task
 from homespun.mcp_servers.core import CORE_TOOL_DESCRIPTIONS
@@ -104,13 +105,14 @@ def _cluster(cluster_id: str, *categories: str) -> Cluster:
 
 _SPLIT_IN_A_SUBPROCESS = """
 import json, sys
-from homespun.learning.gate import gate_subsample, split_tasks
+from homespun.learning.gate import gate_subsample, split_tasks, split_three
 from homespun.learning.tasks import Task
 spec = json.loads(sys.argv[1])
 tasks = [Task(id=i, query="q", category=c) for i, c in spec["tasks"]]
 search, pool = split_tasks(tasks, seed=spec["seed"], benchmark=spec["benchmark"])
 sub = gate_subsample(pool, size=spec["size"], seed=spec["seed"], benchmark=spec["benchmark"])
-print(json.dumps([[t.id for t in search], [t.id for t in pool], [t.id for t in sub]]))
+three = split_three(tasks, seed=spec["seed"], benchmark=spec["benchmark"], test_fraction=0.25)
+print(json.dumps([[t.id for t in part] for part in (search, pool, sub, *three)]))
 """
 
 
@@ -139,7 +141,8 @@ def test_split_and_subsample_are_the_same_in_every_process():
     tasks = _tasks(arithmetic=9, memory=6, files=5)
     search, pool = split_tasks(tasks, seed=7, benchmark=BENCH)
     sub = gate_subsample(pool, size=6, seed=7, benchmark=BENCH)
-    here = [_ids(search), _ids(pool), _ids(sub)]
+    three = split_three(tasks, seed=7, benchmark=BENCH, test_fraction=0.25)
+    here = [_ids(search), _ids(pool), _ids(sub), *(_ids(part) for part in three)]
     # Python's own hash() differs between these processes; the split must not.
     assert _split_elsewhere(tasks, 7, 6, hash_seed="1") == here
     assert _split_elsewhere(tasks, 7, 6, hash_seed="2") == here
@@ -147,6 +150,8 @@ def test_split_and_subsample_are_the_same_in_every_process():
     again = split_tasks(list(reversed(tasks)), seed=7, benchmark=BENCH)
     assert sorted(_ids(again[0])) == sorted(_ids(search))
     assert sorted(_ids(again[1])) == sorted(_ids(pool))
+    reordered = split_three(list(reversed(tasks)), seed=7, benchmark=BENCH, test_fraction=0.25)
+    assert [sorted(_ids(part)) for part in reordered] == [sorted(_ids(part)) for part in three]
 
 
 def test_split_depends_on_the_seed_and_the_benchmark():
@@ -176,6 +181,59 @@ def test_split_is_disjoint_covering_and_halves_each_category():
 
 def test_split_of_nothing_is_empty():
     assert split_tasks([], seed=1, benchmark=BENCH) == ([], [])
+    assert split_three([], seed=1, benchmark=BENCH, test_fraction=0.25) == ([], [], [])
+
+
+def test_three_way_split_is_disjoint_covering_with_shares_per_category():
+    tasks = _tasks(arithmetic=12, memory=8, files=4, pair=2, weather=1)
+    search, pool, test = split_three(tasks, seed=3, benchmark=BENCH, test_fraction=0.25)
+    parts = [set(_ids(search)), set(_ids(pool)), set(_ids(test))]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    assert sorted(_ids(search) + _ids(pool) + _ids(test)) == sorted(_ids(tasks))
+
+    def counts(category: str) -> tuple[int, int, int]:
+        return tuple(sum(t.category == category for t in part) for part in (search, pool, test))
+
+    # a quarter, rounded down, to test; the rest halved, the odd one to the gate
+    assert counts("arithmetic") == (4, 5, 3)
+    assert counts("memory") == (3, 3, 2)
+    assert counts("files") == (1, 2, 1)
+    # too small for a test task: one to search, one to protect; a lone task protects
+    assert counts("pair") == (1, 1, 0)
+    assert counts("weather") == (0, 1, 0)
+    # however large the share, a category keeps one task to search and one to protect
+    big = split_three(_tasks(files=3), seed=3, benchmark=BENCH, test_fraction=0.5)
+    assert [len(part) for part in big] == [1, 1, 1]
+
+
+def test_three_way_split_depends_on_the_seed_and_the_benchmark():
+    tasks = _tasks(arithmetic=20)
+
+    def test_ids(seed: int, benchmark: str) -> set[str]:
+        return set(_ids(split_three(tasks, seed=seed, benchmark=benchmark, test_fraction=0.25)[2]))
+
+    held = test_ids(7, BENCH)
+    assert len(held) == 5 and test_ids(7, BENCH) == held
+    assert test_ids(8, BENCH) != held
+    assert test_ids(7, "other") != held
+
+
+def test_no_test_share_is_the_two_way_split_and_a_bigger_one_only_moves_tasks_into_test():
+    tasks = _tasks(arithmetic=9, memory=6, files=2, weather=1)
+    search, pool = split_tasks(tasks, seed=3, benchmark=BENCH)
+    assert split_three(tasks, seed=3, benchmark=BENCH, test_fraction=0.0) == (search, pool, [])
+    small = split_three(tasks, seed=3, benchmark=BENCH, test_fraction=0.2).test
+    large = split_three(tasks, seed=3, benchmark=BENCH, test_fraction=0.5).test
+    assert set(_ids(small)) < set(_ids(large))
+
+
+@pytest.mark.parametrize("value", [-0.1, 0.6])
+def test_a_test_fraction_out_of_range_is_an_error_naming_the_field(value):
+    text = default_spec_text(CORE_TOOL_DESCRIPTIONS)
+    assert parse_spec(text).learning.gate.test_fraction == 0.25  # the default
+    with pytest.raises(SpecError) as err:
+        parse_spec(text.replace("\ntest_fraction = 0.25", f"\ntest_fraction = {value}", 1))
+    assert "learning.gate.test_fraction" in err.value.fields
 
 
 # --------------------------------------------------------------------------- subsample

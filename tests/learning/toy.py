@@ -60,16 +60,21 @@ def passes(spec: Spec, category: str) -> bool:
 
 
 class StudentFactory:
-    """student(spec) -> a scripted model; counts the model calls it serves."""
+    """student(spec) -> a scripted model; counts the model calls it serves and records which
+    task each one was about under which spec (`asked`: (spec hash, task id) pairs)."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.asked: list[tuple[str, str]] = []
 
     def __call__(self, spec: Spec) -> ScriptedChatModel:
+        spec_hash = spec.content_hash()
+
         def reply(messages):
             self.calls += 1
             question = next(m.content for m in reversed(messages) if isinstance(m, HumanMessage))
             _, category, gold = question.split(":")
+            self.asked.append((spec_hash, gold.removesuffix("-gold")))
             return gold if passes(spec, category) else "no idea"
 
         return ScriptedChatModel(script=[reply] * 50)

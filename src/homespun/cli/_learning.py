@@ -22,6 +22,30 @@ learning_app.add_typer(benchmark_app, name="benchmark")
 bench_app = typer.Typer(help="Evaluate a spec on a benchmark.", no_args_is_help=True)
 
 
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _change(before: float | None, after: float | None) -> str:
+    return f"{_score(before)} → {_score(after)}"
+
+
+def _test_change(before: float | None, after: float | None, tasks: int | None) -> str:
+    """Test-split accuracy before → after; 'not measured' for a session without a test
+    split, '—' for one recorded before sessions had one."""
+    if tasks == 0:
+        return "not measured"
+    if tasks is None and before is None and after is None:
+        return "—"
+    return _change(before, after)
+
+
+def _why_no_test(test_fraction: float) -> str:
+    if test_fraction == 0:
+        return "learning.gate.test_fraction = 0"
+    return f"no category has enough tasks to set any aside at test_fraction {test_fraction:g}"
+
+
 class EventPrinter:
     """Turns search events into progress bars and tables."""
 
@@ -48,9 +72,14 @@ class EventPrinter:
 
     def on_phase(self, name: str, **data: Any):
         if name == "diagnose":
+            test = (
+                f"test: {data['test_tasks']} untouched tasks"
+                if data["test_tasks"]
+                else f"test accuracy not measured: {_why_no_test(data['test_fraction'])}"
+            )
             console.print(
                 f"[bold]diagnose[/] on {data['search_tasks']} search tasks "
-                f"(gate: {data['gate_tasks']} held-out tasks)"
+                f"(gate: {data['gate_tasks']} held-out tasks; {test})"
             )
         elif name == "plan":
             console.print(f"[bold]plan[/] with the {data['proposer']} proposer")
@@ -145,13 +174,43 @@ class EventPrinter:
     def on_note(self, text: str):
         console.print(f"[yellow]note:[/] {escape(text)}")
 
-    def on_session_done(self, session_id: str, before: float | None, after: float | None):
-        b = "—" if before is None else f"{before:.3f}"
-        a = "—" if after is None else f"{after:.3f}"
-        console.print(f"[bold]session {session_id} done[/]: gate accuracy {b} → {a}")
+    def on_session_done(
+        self,
+        session_id: str,
+        before: float | None,
+        after: float | None,
+        test_before: float | None = None,
+        test_after: float | None = None,
+        test_tasks: int = 0,
+    ):
+        console.print(
+            f"[bold]session {session_id} done[/]: gate accuracy {_change(before, after)} · "
+            f"test accuracy {_test_change(test_before, test_after, test_tasks)}"
+            + (f" ({test_tasks} untouched tasks)" if test_tasks else "")
+        )
+
+
+def _run_scores(session_ids: list[str]) -> str:
+    """Gate and test accuracy from the first session's start to the last one's end."""
+    from homespun.stores.learning import LearningStore
+
+    store = LearningStore(settings().learning_db)
+    first, last = store.session(session_ids[0]), store.session(session_ids[-1])
+    test = _test_change(first.test_score_before, last.test_score_after, first.test_tasks)
+    if first.test_tasks:
+        test += f" on {first.test_tasks} tasks that no diagnosis, proposer or gate saw"
+    elif first.test_tasks == 0:
+        test += " (no test split)"
+    sessions = f" over {len(session_ids)} sessions" if len(session_ids) > 1 else ""
+    return (
+        f"gate accuracy {_change(first.gate_score_before, last.gate_score_after)} · "
+        f"test accuracy {test}{sessions}"
+    )
 
 
 def _report(result: Any) -> None:
+    if result.sessions:
+        console.print(f"[bold]result[/]: {_run_scores(result.sessions)}")
     if result.paused_proposal:
         console.print(
             f"[yellow]paused:[/] proposal {result.paused_proposal} needs review. "
@@ -251,12 +310,16 @@ def learning_history(limit: Annotated[int, typer.Option()] = 20):
     from homespun.stores.learning import LearningStore
 
     store = LearningStore(settings().learning_db)
-    table = Table(title="spec-search sessions")
+    table = Table(
+        title="spec-search sessions",
+        caption="accuracy before → after: gate on the held-out tasks the edits were chosen "
+        "on, test on the untouched tasks that no diagnosis, proposer or gate saw",
+    )
     table.add_column("session", no_wrap=True)
     table.add_column("started", no_wrap=True)
     for col in ("status", "benchmark", "proposer"):
         table.add_column(col, overflow="fold")
-    for col in ("gate before", "gate after", "accepted", "cost $"):
+    for col in ("gate", "test", "accepted", "cost $"):
         table.add_column(col, justify="right")
     for s in store.sessions(limit):
         accepted = len(store.proposals(s.id, status="accepted"))
@@ -267,8 +330,8 @@ def learning_history(limit: Annotated[int, typer.Option()] = 20):
             s.status,
             s.benchmark,
             s.proposer,
-            "—" if s.gate_score_before is None else f"{s.gate_score_before:.3f}",
-            "—" if s.gate_score_after is None else f"{s.gate_score_after:.3f}",
+            _change(s.gate_score_before, s.gate_score_after),
+            _test_change(s.test_score_before, s.test_score_after, s.test_tasks),
             f"{accepted}/{total}",
             f"{s.cost_usd:.4f}",
         )
@@ -289,6 +352,11 @@ def learning_show(session_id: str):
     console.print(
         f"[bold]session {s.id}[/] · {s.status} · {s.benchmark} · proposer "
         f"{s.proposer} · teacher {s.teacher or 'none'} · cost ${s.cost_usd:.4f}"
+    )
+    test = _test_change(s.test_score_before, s.test_score_after, s.test_tasks)
+    console.print(
+        f"gate accuracy {_change(s.gate_score_before, s.gate_score_after)} · test accuracy "
+        f"{test}" + (f" ({s.test_tasks} untouched tasks)" if s.test_tasks else "")
     )
     if s.note:
         console.print(f"note: {s.note}")
@@ -430,28 +498,31 @@ def benchmark_show(
         typer.Argument(help="starter | personal | personal_vN | agentdojo:SUITE | bfcl:CATEGORY"),
     ] = "starter",
 ):
-    """The tasks of a benchmark and how they split into search and held-out gate sets."""
+    """The tasks of a benchmark and how a session splits them into search, held-out gate and
+    untouched test sets."""
     from homespun.graphs.search_loop import SearchSetupError, get_benchmark
-    from homespun.learning.gate import split_tasks
+    from homespun.learning.gate import split_three
+    from homespun.spec.models import GateSpec
 
     st = settings()
-    spec = current_spec(st) if st.spec_path.exists() else None
-    seed = spec.learning.gate.seed if spec else 0
+    gate = current_spec(st).learning.gate if st.spec_path.exists() else GateSpec()
     try:
         bench = get_benchmark(name, st)
         tasks = bench.tasks()
     except (SearchSetupError, RuntimeError, FileNotFoundError) as exc:
         fail(str(exc))
-    search, held = split_tasks(tasks, seed=seed, benchmark=bench.name)
-    held_ids = {t.id for t in held}
+    split = split_three(
+        tasks, seed=gate.seed, benchmark=bench.name, test_fraction=gate.test_fraction
+    )
+    set_of = {t.id: which for which, part in zip(split._fields, split, strict=True) for t in part}
     table = Table(
         title=f"{bench.name} ({bench.version}): {len(tasks)} tasks, "
-        f"{len(search)} search / {len(held)} held-out"
+        f"{len(split.search)} search / {len(split.gate)} held-out / {len(split.test)} test"
     )
     for col in ("task", "category", "set", "query"):
         table.add_column(col, overflow="fold")
     for t in tasks:
-        table.add_row(t.id, t.category, "gate" if t.id in held_ids else "search", t.query)
+        table.add_row(t.id, t.category, set_of[t.id], t.query)
     console.print(table)
 
 

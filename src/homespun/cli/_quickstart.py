@@ -92,7 +92,7 @@ def _search_demo(st, spec) -> None:
     from homespun.spec.models import OP_NAMES
     from homespun.stores.checkpoints import CheckpointRepo
 
-    from ._learning import EventPrinter, _limited
+    from ._learning import EventPrinter, _limited, _test_change
 
     console.print(Rule("spec search (demo)"))
     demo = Settings(home=st.home / "quickstart-search", models_dir=st.models_path)
@@ -109,7 +109,8 @@ def _search_demo(st, spec) -> None:
     teacher = spec.learning.teacher
     console.print(
         f"On a scratch copy of your spec in {demo.home}: every edit tier set to auto, "
-        "2 proposals, 4 starter tasks per category split into search and held-out gate sets. "
+        "2 proposals, 4 starter tasks per category split into search, held-out gate and "
+        "untouched test sets. "
         + (
             "Teacher: " + teacher
             if teacher
@@ -134,15 +135,17 @@ def _search_demo(st, spec) -> None:
     session = store.session(result.sessions[-1])
     accepted = store.proposals(session.id, status="accepted")
     before, after = session.gate_score_before, session.gate_score_after
+    test = _test_change(session.test_score_before, session.test_score_after, session.test_tasks)
     if accepted:
         console.print(
             f"[green]{len(accepted)} edit(s) accepted[/]: held-out accuracy "
-            f"{before:.3f} → {after:.3f}; see `HOMESPUN_HOME={demo.home} homespun "
+            f"{before:.3f} → {after:.3f}, test accuracy {test} (tasks no decision saw: the "
+            f"number that says whether it helped); see `HOMESPUN_HOME={demo.home} homespun "
             f"learning show {session.id}`."
         )
     else:
         console.print(
             f"This session found no edit that passed the gate (held-out accuracy "
-            f"stays {before if before is not None else 0:.3f}); rejected edits left "
-            "nothing on disk. Later sessions try other edits."
+            f"stays {before if before is not None else 0:.3f}, test accuracy {test}); "
+            "rejected edits left nothing on disk. Later sessions try other edits."
         )

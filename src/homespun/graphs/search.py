@@ -10,6 +10,10 @@ Everything with side effects is idempotent on resume: evaluations are cached per
 (spec hash, task, repeat), and a commit is made at most once per Edit-ID.
 Review- and manual-tier proposals pause in `execute` with `interrupt()`; approval resumes
 the session and the proposal still has to pass the gate.
+
+The benchmark splits three ways (`SearchContext.split`): diagnosis and the proposers read the
+search split, the gate its held-out split, and the test split is run only in `diagnose` and
+`finalize`, for the session's test accuracy before and after, which no decision reads.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from homespun.learning.clusters import Diagnosis
 from homespun.learning.evaluation import EvalResult, StudentFactory, eval_key, evaluate
 from homespun.learning.gate import (
     TaskPair,
+    TaskSplit,
     candidate_batches,
     cluster_categories,
     cluster_scores,
     gate_subsample,
     pair_outcomes,
     settled,
-    split_tasks,
+    split_three,
 )
 from homespun.learning.proposers.base import Proposer
 from homespun.learning.tasks import Benchmark, Task
@@ -87,14 +92,27 @@ class SearchContext:
         if self.on_event:
             self.on_event(event, data)
 
-    def split(self, spec: Spec) -> tuple[list[Task], list[Task]]:
+    def split(self, spec: Spec) -> TaskSplit:
+        """The session's tasks: the search split, the gate's subsample of its held-out split,
+        and the test split. Only `diagnose` and `finalize` may run the test split, and only
+        to report it: nothing that diagnoses, proposes or gates may see it."""
         tasks = self.tasks if self.tasks is not None else self.benchmark.tasks()
         gate = spec.learning.gate
-        search, pool = split_tasks(tasks, seed=gate.seed, benchmark=self.benchmark.name)
-        held_out = gate_subsample(
-            pool, size=gate.subsample, seed=gate.seed, benchmark=self.benchmark.name
+        name = self.benchmark.name
+        search, pool, test = split_three(
+            tasks, seed=gate.seed, benchmark=name, test_fraction=gate.test_fraction
         )
-        return search, held_out
+        held_out = gate_subsample(pool, size=gate.subsample, seed=gate.seed, benchmark=name)
+        # The test split is measured at most `subsample` tasks at a time too: a quarter of a
+        # large benchmark (bfcl:all: 860 tasks) would cost more than the session itself.
+        test = gate_subsample(test, size=gate.subsample, seed=gate.seed, benchmark=f"{name}:test")
+        return TaskSplit(search, held_out, test)
+
+    async def test_accuracy(self, spec: Spec, test: list[Task], label: str) -> float | None:
+        """Accuracy of `spec` on the test split (None: there is none, not measured)."""
+        if not test:
+            return None
+        return (await self.evaluate(spec, test, label)).accuracy
 
     async def evaluate(self, spec: Spec, tasks: list[Task], label: str) -> EvalResult:
         return await self.evaluate_batches(spec, [tasks], label)
@@ -157,6 +175,8 @@ class SearchState(TypedDict, total=False):
     decision: dict | None
     gate_score_before: float | None
     gate_score_after: float | None
+    test_score_before: float | None  # on the test split, which no decision of the session reads
+    test_score_after: float | None
     diagnosis_only: bool  # cold start: diagnose and stop (too few high-feedback traces)
 
 
@@ -211,10 +231,18 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         teacher=spec.learning.teacher,
         spec_hash=spec.content_hash(),
     )
-    search, held_out = ctx.split(spec)
-    ctx.emit("phase", name="diagnose", search_tasks=len(search), gate_tasks=len(held_out))
+    search, held_out, test = ctx.split(spec)
+    ctx.emit(
+        "phase",
+        name="diagnose",
+        search_tasks=len(search),
+        gate_tasks=len(held_out),
+        test_tasks=len(test),
+        test_fraction=spec.learning.gate.test_fraction,
+    )
     result = await ctx.evaluate(spec, search, "diagnose: current spec on the search set")
     gate_now = await ctx.evaluate(spec, held_out, "gate: current spec on held-out tasks")
+    test_now = await ctx.test_accuracy(spec, test, "test: current spec on the test split")
     by_id = {t.id: t for t in search}
     traces = TraceStore(ctx.settings.traces_db)
     totals: dict[str, int] = {}
@@ -230,15 +258,13 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
                 trace = None
             if trace is not None:
                 failures.append(FailedRun(by_id[o.task_id], trace, Grade(False, o.score, o.reason)))
-    ctx.store.update_session(sid, gate_score_before=gate_now.accuracy)
+    ctx.store.update_session(
+        sid, gate_score_before=gate_now.accuracy, test_score_before=test_now, test_tasks=len(test)
+    )
+    scores = {"gate_score_before": gate_now.accuracy, "test_score_before": test_now}
     if not failures:
         ctx.store.update_session(sid, status="nothing_to_fix", note="every search task passed")
-        return {
-            "session_id": sid,
-            "status": "nothing_to_fix",
-            "diagnosis": None,
-            "gate_score_before": gate_now.accuracy,
-        }
+        return {"session_id": sid, "status": "nothing_to_fix", "diagnosis": None, **scores}
     narrative = ""
     if ctx.teacher is not None:
         spent = _meter_mark(ctx)
@@ -275,7 +301,7 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         "session_id": sid,
         "diagnosis": diagnosis.model_dump(),
         "status": "running",
-        "gate_score_before": gate_now.accuracy,
+        **scores,
     }
 
 
@@ -328,7 +354,7 @@ async def plan(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
         except Exception:  # a row from an older op schema: skip it, it cannot repeat
             continue
         history.append(HistoryEntry(p, row["status"], row["reason"] or "", row["deltas"]))
-    search, _ = ctx.split(spec)
+    search = ctx.split(spec).search
 
     async def evaluate_clusters(candidate: Spec) -> dict[str, float]:
         res = await ctx.evaluate(candidate, search, "evolutionary: candidate on the search set")
@@ -443,7 +469,7 @@ async def execute(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
             **trained,
             "decision": {"accepted": False, "reason": str(exc), "skipped": True},
         }
-    _, held_out = ctx.split(current)
+    held_out = ctx.split(current).gate
     before = await ctx.evaluate(current, held_out, "gate: current spec")
     diagnosis = Diagnosis.model_validate(state["diagnosis"])
     pairs = await _gate_candidate(ctx, current, candidate, proposal, diagnosis, held_out, before)
@@ -507,8 +533,7 @@ async def _train_if_needed(
         categories = set(diagnosis.cluster(proposal.target_cluster).categories)
     except KeyError:
         categories = set()
-    search, _ = ctx.split(current)
-    pairs = training_pairs(search, categories)
+    pairs = training_pairs(ctx.split(current).search, categories)
     ctx.emit("phase", name="train", proposal=proposal, pairs=len(pairs))
     trained = await asyncio.to_thread(
         train_for_proposal, proposal, spec=current, settings=ctx.settings, pairs=pairs
@@ -593,24 +618,36 @@ def record(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
 
 
 async def finalize(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
+    import time
+
     ctx = _context(runtime)
     sid = state["session_id"]
     spec = ctx.checkpoints.head_spec()
-    _, held_out = ctx.split(spec)
+    _, held_out, test = ctx.split(spec)
     after = await ctx.evaluate(spec, held_out, "gate: final spec")
-    import time
-
+    test_before = state.get("test_score_before")
+    if spec.content_hash() == ctx.store.session(sid).spec_hash_before:
+        test_after = test_before  # nothing accepted: the same spec, the same score
+    else:
+        test_after = await ctx.test_accuracy(spec, test, "test: final spec on the test split")
     ctx.store.update_session(
         sid,
         status="done",
         ended_at=time.time(),
         spec_hash_after=spec.content_hash(),
         gate_score_after=after.accuracy,
+        test_score_after=test_after,
     )
     ctx.emit(
-        "session_done", session_id=sid, before=state.get("gate_score_before"), after=after.accuracy
+        "session_done",
+        session_id=sid,
+        before=state.get("gate_score_before"),
+        after=after.accuracy,
+        test_before=test_before,
+        test_after=test_after,
+        test_tasks=len(test),
     )
-    return {"status": "done", "gate_score_after": after.accuracy}
+    return {"status": "done", "gate_score_after": after.accuracy, "test_score_after": test_after}
 
 
 # --------------------------------------------------------------------------- routing

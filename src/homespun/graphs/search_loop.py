@@ -47,6 +47,10 @@ class LoopResult:
     stopped_because: str = ""
     paused_proposal: str | None = None
     gate_scores: list[tuple[float | None, float | None]] = field(default_factory=list)
+    # Accuracy on the untouched test split, (before, after) per session; (None, None) when
+    # the session had none. Reported only: stagnation is judged on the gate score, since a
+    # loop that stopped on the test score would be choosing on the test split.
+    test_scores: list[tuple[float | None, float | None]] = field(default_factory=list)
 
 
 def _store(settings: Settings) -> LearningStore:
@@ -257,6 +261,7 @@ async def run_search(
                 break
             row = store.session(sid)
             out.gate_scores.append((row.gate_score_before, row.gate_score_after))
+            out.test_scores.append((row.test_score_before, row.test_score_after))
             score = row.gate_score_after
             if score is not None and (best is None or score > best + eps):
                 best, stagnant = score, 0

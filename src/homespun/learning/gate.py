@@ -16,7 +16,9 @@ paired (the default)
 
 Every category no cluster names falls into the implicit 'rest' cluster, so tasks that
 already pass are protected too. The task split and the gate subsample come from sha256 of
-(seed, benchmark, task id): stable across processes, unlike Python's hash().
+(seed, benchmark, task id): stable across processes, unlike Python's hash(). A session splits
+three ways (`split_three`): search, gate, and a test split that only its before/after report
+reads, since a gate score is chosen on and so flatters the edits it picked.
 
 The candidate runs the gate set in batches, target cluster first, and stops as soon as the
 remaining tasks cannot change the decision (`settled`).
@@ -29,6 +31,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from homespun.learning.clusters import REST_CLUSTER_ID, Cluster
 from homespun.learning.evaluation import EvalResult
@@ -43,18 +46,27 @@ def _rank(seed: int, benchmark: str, task_id: str) -> str:
     return hashlib.sha256(f"{seed}:{benchmark}:{task_id}".encode()).hexdigest()
 
 
-def split_tasks(tasks: list[Task], *, seed: int, benchmark: str) -> tuple[list[Task], list[Task]]:
-    """(search set, held-out gate pool): half each per category, by stable rank.
-
-    Diagnosis and proposers only ever see the search set; the gate only the pool.
-    """
-    search: list[Task] = []
-    held_out: list[Task] = []
+def _ranked_by_category(tasks: list[Task], seed: int, benchmark: str) -> list[list[Task]]:
+    """Each category's tasks in stable rank order, categories sorted by name."""
     by_category: dict[str, list[Task]] = {}
     for t in tasks:
         by_category.setdefault(t.category, []).append(t)
-    for category in sorted(by_category):
-        ranked = sorted(by_category[category], key=lambda t: _rank(seed, benchmark, t.id))
+    return [
+        sorted(by_category[c], key=lambda t: _rank(seed, benchmark, t.id))
+        for c in sorted(by_category)
+    ]
+
+
+def split_tasks(tasks: list[Task], *, seed: int, benchmark: str) -> tuple[list[Task], list[Task]]:
+    """(search set, held-out gate pool): half each per category, by stable rank.
+
+    Diagnosis and proposers only ever see the search set; the gate only the pool. The
+    benchmark scripts draw their samples from this two-way split; a session uses
+    `split_three`, which is this split when it sets no test task aside.
+    """
+    search: list[Task] = []
+    held_out: list[Task] = []
+    for ranked in _ranked_by_category(tasks, seed, benchmark):
         half = len(ranked) // 2
         if len(ranked) == 1:
             held_out.extend(ranked)  # a lone task is better used to protect than to search
@@ -62,6 +74,40 @@ def split_tasks(tasks: list[Task], *, seed: int, benchmark: str) -> tuple[list[T
         search.extend(ranked[:half])
         held_out.extend(ranked[half:])
     return search, held_out
+
+
+class TaskSplit(NamedTuple):
+    """A benchmark's tasks in three disjoint sets: diagnosis and proposers see `search`, the
+    gate `gate`, and only a session's before/after report `test`."""
+
+    search: list[Task]
+    gate: list[Task]
+    test: list[Task]
+
+
+def set_aside_for_test(n: int, test_fraction: float) -> int:
+    """How many of a category's n tasks the test split takes: n * test_fraction rounded
+    down, but never so many that fewer than two stay (one to search, one to protect)."""
+    # The epsilon keeps 0.29 * 100 = 28.999... from losing a task to float rounding.
+    return max(0, min(math.floor(n * test_fraction + 1e-9), n - 2))
+
+
+def split_three(tasks: list[Task], *, seed: int, benchmark: str, test_fraction: float) -> TaskSplit:
+    """(search, gate pool, test) per category, by the same stable rank as `split_tasks`.
+
+    Each category's last-ranked `set_aside_for_test` tasks form the test split; the rest split as
+    `split_tasks` does (half to search rounded down, the rest to the gate, a lone task to
+    the gate). So test_fraction 0 gives `split_tasks` exactly, a tiny category gives no
+    test task, and raising test_fraction only moves tasks into the test split.
+    """
+    split = TaskSplit([], [], [])
+    for ranked in _ranked_by_category(tasks, seed, benchmark):
+        kept = len(ranked) - set_aside_for_test(len(ranked), test_fraction)
+        half = kept // 2
+        split.search.extend(ranked[:half])
+        split.gate.extend(ranked[half:kept])
+        split.test.extend(ranked[kept:])
+    return split
 
 
 def gate_subsample(pool: list[Task], *, size: int, seed: int, benchmark: str) -> list[Task]:

@@ -122,7 +122,8 @@ max_regression = 0.5   # paired: another cluster dropping more than this rejects
 eps = 0.01             # max regression allowed on any other failure cluster
 chunk = 5              # candidate tasks per look; stops once the rest cannot change the decision
 subsample = 50         # held-out tasks per gate evaluation
-seed = 0
+seed = 0               # seeds the search / gate / test split and the gate subsample
+test_fraction = 0.25   # share of each category kept as an untouched test split (0 = none)
 repeats = 1            # runs per gate task; more help only a stochastic student (temperature > 0)
 
 [learning.loop]

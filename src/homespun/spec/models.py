@@ -574,8 +574,29 @@ class GateSpec(_Strict):
         description="Gate tasks the candidate runs between looks, target cluster first; it "
         "stops once the remaining tasks cannot change the decision. 0: run every task.",
     )
-    subsample: int = Field(50, ge=1, description="Held-out tasks per gate evaluation.")
-    seed: int = Field(0, description="Subsample seed (stable across processes).")
+    subsample: int = Field(
+        50,
+        ge=1,
+        description="Held-out tasks per gate evaluation (and at most this many test-split tasks).",
+    )
+    seed: int = Field(
+        0,
+        description="Seed of the search / gate / test split and of the gate subsample (stable "
+        "across processes).",
+    )
+    test_fraction: float = Field(
+        0.25,
+        ge=0.0,
+        le=0.5,
+        description="Share of each benchmark category set aside as the test split, which "
+        "diagnosis, the proposers and the gate never see: every session reports the spec's "
+        "accuracy on it before and after, the number that says whether the search helped "
+        "(the gate score is the one edits were chosen on). Rounded down per category, and "
+        "a category always keeps one search and one gate task, so at 0.25 a category of "
+        "fewer than 4 tasks has no test task. 0: no test split, test accuracy not measured. "
+        "Changing it or seed moves tasks between the splits: compare test accuracies only "
+        "between sessions run with the same values.",
+    )
     repeats: int = Field(
         1,
         ge=1,

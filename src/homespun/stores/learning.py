@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,6 +16,15 @@ from homespun.stores.sqlite import open_database
 # Proposal states: planned -> (pending_review -> approved | review_rejected) -> accepted |
 # rejected | error
 TERMINAL = ("accepted", "rejected", "review_rejected", "error")
+
+
+# Added after the first release: nullable, and added to existing databases on open, so a
+# session recorded before them reads back with None (its test accuracy was never measured).
+_ADDED_SESSION_COLUMNS: dict[str, type] = {
+    "test_score_before": float,  # accuracy on the untouched test split, at the start ...
+    "test_score_after": float,  # ... and at the end of the session
+    "test_tasks": int,  # size of the test split: 0 when the session had none
+}
 
 
 @dataclass
@@ -32,6 +42,9 @@ class SessionRow:
     gate_score_after: float | None
     cost_usd: float
     note: str
+    test_score_before: float | None = None
+    test_score_after: float | None = None
+    test_tasks: int | None = None  # None: recorded before sessions had a test split
 
 
 class LearningStore:
@@ -103,6 +116,17 @@ class LearningStore:
                     "usd": float,
                 },
             )
+        self._add_columns("sessions", _ADDED_SESSION_COLUMNS)
+
+    def _add_columns(self, table: str, columns: dict[str, type]) -> None:
+        existing = set(self.db[table].columns_dict)
+        for name, col_type in columns.items():
+            if name not in existing:
+                try:
+                    self.db[table].add_column(name, col_type)
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     # ------------------------------------------------------------------ sessions
 
@@ -123,6 +147,9 @@ class LearningStore:
                 "gate_score_after": None,
                 "cost_usd": 0.0,
                 "note": "",
+                "test_score_before": None,
+                "test_score_after": None,
+                "test_tasks": None,
             }
         )
         return sid
