@@ -4,8 +4,8 @@ One run, in a scratch HOMESPUN_HOME written by `homespun init --model NAME`:
 
 1. `run_search` (what `homespun learning run` runs) for a few sessions with the template-random
    proposer and the rule-based diagnoser (no teacher), on a category-balanced sample of BFCL's
-   *search* half. The search splits that sample again: diagnosis reads one half, the gate
-   decides on the other.
+   *search* half. The session splits that sample again, per category: diagnosis reads its
+   search set, the gate decides on its gate set, and it reports its own small test split.
 2. The spec it started from and the spec it ended with are both evaluated on the *test* sample:
    the fixed, seeded sample of BFCL's held-out half that `benchmarks/outside.py` reports on,
    which neither diagnosis, the proposers nor the gate ever saw. Printed per category with the
@@ -55,8 +55,8 @@ def _printer():
         elif event == "gate":
             p, d = data["proposal"], data["decision"]
             ops = ", ".join(o.op for o in p.ops)
-            word = "accepted" if d.get("accepted") else "rejected"
-            print(f"{stamp} gate: {ops} -> {word}", file=sys.stderr, flush=True)
+            word = "accepted" if d.accepted else "rejected"
+            print(f"{stamp} gate: {ops} -> {word}: {d.reason}", file=sys.stderr, flush=True)
 
     return on_event
 
@@ -112,7 +112,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     for sid in result.sessions:
         row = store.session(sid)
         print(
-            f"session {sid[:8]}: gate {row.gate_score_before} -> {row.gate_score_after} "
+            f"session {sid[:8]}: gate {row.gate_score_before} -> {row.gate_score_after}, "
+            f"session test split {row.test_score_before} -> {row.test_score_after} "
             f"({row.status})"
         )
         for p in store.proposals(sid):
@@ -149,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per-category",
         type=int,
-        default=16,
-        help="search-half tasks per category; the session splits them again into diagnosis "
-        "and gate tasks (the paired gate needs 5 or more gate tasks in a cluster to accept)",
+        default=20,
+        help="search-half tasks per category; the session splits them again into search, "
+        "gate and test tasks (20: 7 / 8 / 5; the paired gate needs 5 or more gate tasks in a "
+        "cluster to accept anything)",
     )
     parser.add_argument("--test-tasks", type=int, default=40)
     parser.add_argument("--seed", type=int, default=11)
