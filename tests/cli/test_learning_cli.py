@@ -255,12 +255,12 @@ def test_bench_run_refuses_an_unknown_baseline_in_one_line(home, settings):
 
 @pytest.mark.slow
 def test_bench_run_against_the_naive_baseline_on_the_embedded_model(home, settings, model_path):
-    """The real engine, both loops, three starter tasks per category: the table is printed
+    """The real engine, both loops, two starter tasks per category: the table is printed
     and every naive run left a trace the engine filled (constrained decoding included)."""
     assert runner.invoke(app, ["init"]).exit_code == 0
     res = runner.invoke(
         app,
-        ["bench", "run", "--benchmark", "starter", "--limit", "3", "--baseline", "naive"],
+        ["bench", "run", "--benchmark", "starter", "--limit", "2", "--baseline", "naive"],
         env={"COLUMNS": "200"},
     )
     assert res.exit_code == 0, res.output

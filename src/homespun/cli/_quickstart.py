@@ -87,7 +87,7 @@ def _search_demo(st, spec) -> None:
     """A short spec-search session on the starter benchmark, on a scratch copy of the spec
     (the quickstart never edits your own spec)."""
     from homespun.graphs.search_loop import run_search
-    from homespun.learning.benchmarks.starter import StarterBenchmark
+    from homespun.learning.benchmarks.starter import SINGLE_TOOL_CATEGORIES, StarterBenchmark
     from homespun.spec import Settings, save_spec
     from homespun.spec.models import OP_NAMES
     from homespun.stores.checkpoints import CheckpointRepo
@@ -109,8 +109,8 @@ def _search_demo(st, spec) -> None:
     teacher = spec.learning.teacher
     console.print(
         f"On a scratch copy of your spec in {demo.home}: every edit tier set to auto, "
-        "2 proposals, 4 starter tasks per category split into search, held-out gate and "
-        "untouched test sets. "
+        "2 proposals, 4 tasks in each of the starter benchmark's single-tool categories, "
+        "split into search, held-out gate and untouched test sets. "
         + (
             "Teacher: " + teacher
             if teacher
@@ -118,7 +118,10 @@ def _search_demo(st, spec) -> None:
             "template-random proposer."
         )
     )
-    tasks = _limited(StarterBenchmark().tasks(), 4)
+    # The single-tool categories only, 20 tasks: the whole benchmark would take far longer
+    # than the few minutes a first run should.
+    quick = [t for t in StarterBenchmark().tasks() if t.category in SINGLE_TOOL_CATEGORIES]
+    tasks = _limited(quick, 4)
     result = run_async(
         run_search(
             demo,
