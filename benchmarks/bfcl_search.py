@@ -112,7 +112,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     for sid in result.sessions:
         row = store.session(sid)
         print(
-            f"session {sid[:8]}: gate {row.gate_score_before} -> {row.gate_score_after}, "
+            f"session {sid}: gate {row.gate_score_before} -> {row.gate_score_after}, "
             f"session test split {row.test_score_before} -> {row.test_score_after} "
             f"({row.status})"
         )

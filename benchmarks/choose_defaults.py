@@ -89,6 +89,21 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "agent": {"few_shot": [], "system_prompt": GENERIC_PROMPT},
         "agent.rendering": {"no_tool_rule": NO_TOOL_RULE, "reply_protocol": "brief"},
     },
+    # What the naive loop shows the model, as spec fields: a plain prompt, full schemas, the
+    # brief protocol, one call per step, results as "Result of NAME: ..." user turns.
+    "naive_like": {
+        "agent": {"few_shot": [], "system_prompt": "You are a helpful assistant."},
+        "agent.rendering": {
+            "catalog_arguments": "full_schema",
+            "reply_protocol": "brief",
+            "parallel_calls": False,
+            "continuation": "",
+            "no_tool_rule": "",
+            "result_framing": "user_message",
+            "result_template": "Result of {name}: {result}",
+            "error_template": "Result of {name}: {result}",
+        },
+    },
     "no_tool_rule+decline_example": {
         "agent": {
             "few_shot": [
@@ -126,6 +141,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     starter = StarterBenchmark()
     cache = EvalCache(settings.learning_db)
     chosen = [v for v in args.variants.split(",") if v] if args.variants else list(VARIANTS)
+    chosen = [] if chosen == ["none"] else chosen
     print(
         f"{args.model}: {len(tasks)} BFCL search-split tasks"
         + (", starter 34" if args.starter else "")
@@ -133,6 +149,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     print(
         f"{'variant':<36} {'bfcl':>6}" + (f" {'starter':>8} {'copied':>7}" if args.starter else "")
     )
+    if args.naive:  # the floor on the same tasks: the naive loop reads none of the variants
+        naive = await evaluate(base, settings, bfcl, tasks, cache=cache, loop="naive")
+        print(f"{'(naive loop)':<36} {naive.accuracy:>6.3f}", flush=True)
     for name in chosen:
         spec = variant_spec(base, VARIANTS[name])
         result = await evaluate(spec, settings, bfcl, tasks, cache=cache)
@@ -149,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=18)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--starter", action="store_true")
-    parser.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--naive", action="store_true", help="also score the naive loop on the same tasks"
+    )
+    parser.add_argument(
+        "--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)}; none: only --naive"
+    )
     parser.add_argument(
         "--home",
         default="",
