@@ -47,16 +47,20 @@ PROPOSALS = [
 
 
 def teacher_script(
-    proposals: list[dict] | None = None, seen: list[str] | None = None
+    proposals: list[dict] | None = None,
+    seen: list[str] | None = None,
+    cite: list[str] | None = None,
 ) -> ScriptedChatModel:
     """Diagnoses, solves the re-run tasks itself (teacher success rate), then proposes
-    `proposals` (default: PROPOSALS). Every message it is sent goes into `seen`."""
+    `proposals` (default: PROPOSALS). Every message it is sent goes into `seen`; the math
+    cluster cites the user's conversations `cite` (trace ids)."""
     report = {
         "clusters": [
             {
                 "id": "math",
                 "name": "math answers wrong",
                 "categories": ["math"],
+                "trace_ids": cite or [],
                 "skill_gap": "does not compute",
             },
             {

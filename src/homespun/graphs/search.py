@@ -221,7 +221,13 @@ def _record_cost(ctx: SearchContext, sid: str, kind: str, mark: tuple[float, int
 
 
 async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
-    from homespun.learning.diagnosis import FailedRun, rule_based_diagnosis, teacher_diagnosis
+    from homespun.learning.diagnosis import (
+        FailedRun,
+        render_trace_sources,
+        rule_based_diagnosis,
+        teacher_diagnosis,
+    )
+    from homespun.learning.user_failures import last_session_start, user_failures
 
     ctx = _context(runtime)
     spec = ctx.checkpoints.head_spec()
@@ -258,12 +264,24 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
                 trace = None
             if trace is not None:
                 failures.append(FailedRun(by_id[o.task_id], trace, Grade(False, o.score, o.reason)))
+    # The user's own conversations that failed since the last session, scrubbed. They join
+    # the clusters but not the rates, and the gate never re-runs them: they have no task.
+    mine = user_failures(
+        ctx.settings.traces_db, spec, since=last_session_start(ctx.store, current=sid)
+    )
     ctx.store.update_session(
         sid, gate_score_before=gate_now.accuracy, test_score_before=test_now, test_tasks=len(test)
     )
     scores = {"gate_score_before": gate_now.accuracy, "test_score_before": test_now}
     if not failures:
-        ctx.store.update_session(sid, status="nothing_to_fix", note="every search task passed")
+        # Nothing the gate could measure a fix on. The session is not counted as read by
+        # the next one (last_session_start), so these conversations are diagnosed later.
+        note = "every search task passed" + (
+            f"; {len(mine)} failing conversation(s) of yours wait for the next diagnosis"
+            if mine
+            else ""
+        )
+        ctx.store.update_session(sid, status="nothing_to_fix", note=note)
         return {"session_id": sid, "status": "nothing_to_fix", "diagnosis": None, **scores}
     narrative = ""
     if ctx.teacher is not None:
@@ -289,12 +307,14 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
                 if reruns
                 else None,
                 rerun_per_cluster=reruns,
+                user_failures=mine,
             )
         finally:
             _record_cost(ctx, sid, "diagnose", spent)
     else:
-        diagnosis = rule_based_diagnosis(failures, totals)
+        diagnosis = rule_based_diagnosis(failures, totals, mine)
         narrative = "Rule-based diagnosis (no teacher configured)."
+    narrative += "\n\n" + render_trace_sources(diagnosis, mine)
     _write_diagnosis(ctx, sid, diagnosis, narrative, result)
     ctx.emit("diagnosis", diagnosis=diagnosis)
     return {

@@ -28,6 +28,12 @@ class Cluster(BaseModel):
         "held-out tasks of these categories."
     )
     task_ids: list[str] = Field(default_factory=list, description="Failing tasks seen.")
+    trace_ids: list[str] = Field(
+        default_factory=list,
+        description="The traces the cluster was diagnosed from: the failing benchmark runs "
+        "of its tasks and the user's own failing conversations it explains (only the latter "
+        "have no task; the gate never re-runs them).",
+    )
     signature: str = Field("", description="Dominant failure signature.")
     student_failure_rate: float = Field(ge=0.0, le=1.0)
     teacher_success_rate: float | None = Field(
