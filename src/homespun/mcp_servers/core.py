@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import codecs
+import logging
 import math
 import operator
 import zoneinfo
@@ -498,6 +499,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.memory_top_k < 1:
         parser.error("--memory-top-k must be at least 1")
+    # A tool's error goes back to the client as that call's result, and the trace records it;
+    # logged here as well, it would print on the user's terminal through the stderr this
+    # subprocess inherits (a benchmark run printed one line per failing tool call).
+    logging.getLogger("fastmcp").setLevel(logging.CRITICAL)
     server = create_core_server(
         workspace=args.workspace, memory_db=args.memory_db, memory_top_k=args.memory_top_k
     )
