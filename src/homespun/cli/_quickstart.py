@@ -150,5 +150,36 @@ def _search_demo(st, spec) -> None:
         console.print(
             f"This session found no edit that passed the gate (held-out accuracy "
             f"stays {before if before is not None else 0:.3f}, test accuracy {test}); "
-            "rejected edits left nothing on disk. Later sessions try other edits."
+            "rejected edits left nothing on disk." + _why_nothing_can_pass(demo_spec, tasks)
         )
+
+
+def _why_nothing_can_pass(spec, tasks) -> str:
+    """Why the demo accepted nothing, when its gate could not have; else that later sessions
+    try other edits.
+
+    The paired gate's exact test needs ceil(log2(1/alpha)) gate tasks in a cluster before
+    even a clean sweep is significant; the demo's few tasks per category give fewer, and a
+    user should not be told that a later session of the same demo may do better."""
+    import math
+
+    from homespun.learning.gate import split_three
+
+    gate = spec.learning.gate
+    if gate.rule != "paired":
+        return " Later sessions try other edits."
+    split = split_three(
+        tasks, seed=gate.seed, benchmark="starter", test_fraction=gate.test_fraction
+    )
+    per_category: dict[str, int] = {}
+    for task in split.gate:
+        per_category[task.category] = per_category.get(task.category, 0) + 1
+    needed = math.ceil(math.log2(1 / gate.alpha))
+    most = max(per_category.values(), default=0)
+    if most >= needed:
+        return " Later sessions try other edits."
+    return (
+        f" With at most {most} gate task(s) per cluster here, the paired gate cannot accept any "
+        f"edit (it needs {needed} at alpha {gate.alpha}); `homespun learning run` searches the "
+        "whole starter benchmark."
+    )
