@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from outside import SAMPLE_SEED, sample
+from outside import SAMPLE_SEED, run_settings, sample
 
 from homespun.engines.catalog import CATALOG, DEFAULT_MODEL
 from homespun.graphs.search_loop import run_search
@@ -159,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--home", default="", help="keep the run in this HOMESPUN_HOME")
     args = parser.parse_args(argv)
-    models_dir = os.environ.get("HOMESPUN_MODELS_DIR")
-    with tempfile.TemporaryDirectory(prefix="homespun-bfcl-search-") as scratch:
-        home = Path(args.home) if args.home else Path(scratch)
-        settings = Settings(home=home, models_dir=Path(models_dir) if models_dir else None)
+    with run_settings(args.home, "homespun-bfcl-search-") as settings:
         asyncio.run(_run(args, settings))
     return 0
 

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from outside import sample
+from outside import run_settings, sample
 
 from homespun.learning.benchmarks.bfcl import BfclBenchmark
 from homespun.learning.benchmarks.starter import StarterBenchmark
@@ -181,10 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "default: a scratch folder",
     )
     args = parser.parse_args(argv)
-    models_dir = os.environ.get("HOMESPUN_MODELS_DIR")
-    with tempfile.TemporaryDirectory(prefix="homespun-choose-") as scratch:
-        home = Path(args.home) if args.home else Path(scratch)
-        settings = Settings(home=home, models_dir=Path(models_dir) if models_dir else None)
+    with run_settings(args.home, "homespun-choose-") as settings:
         asyncio.run(_run(args, settings))
     return 0
 

@@ -27,6 +27,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from homespun.engines.catalog import CATALOG, DEFAULT_MODEL, ModelNotAvailable, resolve_model_path
@@ -41,6 +43,18 @@ from homespun.stores.eval_cache import EvalCache
 
 SAMPLE_SEED = 20261202
 QWEN = "qwen2.5-coder-1.5b"
+
+
+@contextmanager
+def run_settings(home: str, prefix: str) -> Iterator[Settings]:
+    """Settings for a benchmark run: HOMESPUN_HOME is `home` (kept, so its eval cache carries
+    over to a re-run) or a scratch folder removed afterwards; models from HOMESPUN_MODELS_DIR."""
+    models_dir = os.environ.get("HOMESPUN_MODELS_DIR")
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        yield Settings(
+            home=Path(home) if home else Path(scratch),
+            models_dir=Path(models_dir) if models_dir else None,
+        )
 
 
 def sample(tasks: list[Task], n: int, seed: int) -> list[Task]:
@@ -141,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"not catalog models: {', '.join(unknown)} (choose from {', '.join(CATALOG)})")
 
-    models_dir = os.environ.get("HOMESPUN_MODELS_DIR")
     bench = BfclBenchmark("all")  # the data lives in the user's cache, fetched once
     _, held_out = split_tasks(bench.tasks(), seed=0, benchmark=bench.name)
     tasks = sample(held_out, n, args.seed)
@@ -150,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         f"BFCL v4 held-out sample: {len(tasks)} tasks (seed {args.seed}): "
         + ", ".join(f"{c} {k}" for c, k in cats.items() if k)
     )
-    with tempfile.TemporaryDirectory(prefix="homespun-outside-") as scratch:
-        home = Path(args.home) if args.home else Path(scratch)
-        settings = Settings(home=home, models_dir=Path(models_dir) if models_dir else None)
+    with run_settings(args.home, "homespun-outside-") as settings:
         asyncio.run(_run_models(models, settings, bench, tasks))
     return 0
 

@@ -158,12 +158,10 @@ def _why_nothing_can_pass(spec, tasks) -> str:
     """Why the demo accepted nothing, when its gate could not have; else that later sessions
     try other edits.
 
-    The paired gate's exact test needs ceil(log2(1/alpha)) gate tasks in a cluster before
-    even a clean sweep is significant; the demo's few tasks per category give fewer, and a
-    user should not be told that a later session of the same demo may do better."""
-    import math
-
-    from homespun.learning.gate import split_three
+    The paired gate needs `min_gate_tasks(alpha)` gate tasks in a cluster; the demo's few tasks
+    per category give fewer, and a user should not be told that a later session of the same
+    demo may do better."""
+    from homespun.learning.gate import min_gate_tasks, split_three
 
     gate = spec.learning.gate
     if gate.rule != "paired":
@@ -174,7 +172,7 @@ def _why_nothing_can_pass(spec, tasks) -> str:
     per_category: dict[str, int] = {}
     for task in split.gate:
         per_category[task.category] = per_category.get(task.category, 0) + 1
-    needed = math.ceil(math.log2(1 / gate.alpha))
+    needed = min_gate_tasks(gate.alpha)
     most = max(per_category.values(), default=0)
     if most >= needed:
         return " Later sessions try other edits."

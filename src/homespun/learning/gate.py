@@ -372,10 +372,16 @@ def _evidence(pairs: list[TaskPair], fill: bool | None) -> _Evidence | None:
     return _Evidence(tuple(diffs), before / runs, after / runs)
 
 
+def min_gate_tasks(alpha: float) -> int:
+    """Gate tasks a cluster needs before the paired rule can accept anything at `alpha`: even a
+    clean sweep of n tasks has one-sided p = 2**-n."""
+    return math.ceil(math.log2(1 / alpha))
+
+
 def _too_few(tasks: int, alpha: float) -> str:
-    if 2.0**-tasks <= alpha:
+    need = min_gate_tasks(alpha)
+    if tasks >= need:
         return ""
-    need = math.ceil(math.log2(1 / alpha))
     return (
         f"; with {tasks} gate task(s) no edit can reach alpha={alpha}, at least {need} are "
         "needed (raise learning.gate.subsample, add tasks, or set learning.gate.rule = "
