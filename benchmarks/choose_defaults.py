@@ -111,6 +111,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "agent.rendering": {"no_tool_rule": NO_TOOL_RULE},
     },
     "native": {"engine": {"tool_call_format": "native"}},
+    "calls_as_list": {"agent.rendering": {"calls_as_list": True}},
+    "calls_as_list+brief": {"agent.rendering": {"calls_as_list": True, "reply_protocol": "brief"}},
 }
 
 
@@ -128,6 +130,16 @@ def copied_examples(result: EvalResult, spec: Spec) -> int:
     """Answers that repeat a worked example's answer word for word (the SmolLM2 misfire)."""
     answers = {ex.assistant.strip().lower() for ex in spec.agent.few_shot}
     return sum(1 for o in result.outcomes if (o.answer or "").strip().lower() in answers)
+
+
+def _by_category(result: EvalResult) -> str:
+    """Passed / run per BFCL category, on one line (where a variant gains or loses)."""
+    counts: dict[str, list[int]] = {}
+    for o in result.outcomes:
+        c = counts.setdefault(o.category, [0, 0])
+        c[0] += int(o.success)
+        c[1] += 1
+    return " ".join(f"{cat} {ok}/{n}" for cat, (ok, n) in sorted(counts.items()))
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
@@ -149,6 +161,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.naive:  # the floor on the same tasks: the naive loop reads none of the variants
         naive = await evaluate(base, settings, bfcl, tasks, cache=cache, loop="naive")
         print(f"{'(naive loop)':<36} {naive.accuracy:>6.3f}", flush=True)
+        print("    " + _by_category(naive), flush=True)
     for name in chosen:
         spec = variant_spec(base, VARIANTS[name])
         result = await evaluate(spec, settings, bfcl, tasks, cache=cache)
@@ -157,6 +170,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
             st = await evaluate(spec, settings, starter, starter.tasks(), cache=cache)
             line += f" {st.accuracy:>8.3f} {copied_examples(st, spec):>7}"
         print(line, flush=True)
+        print("    " + _by_category(result), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -736,6 +736,46 @@ def test_parallel_calls_schema_prompt_history_and_reply() -> None:
     ]
 
 
+def test_calls_as_list_is_the_only_call_form_in_schema_prompt_and_history() -> None:
+    tools_ = _openai(calculator, remember)
+    schema = build_reply_schema(tools_, "auto", calls_as_list=True)
+    kinds = [b.get("type") for b in schema["anyOf"]]
+    assert kinds == ["array", "object"]  # a list of calls, or the answer: no single-call object
+    assert schema["anyOf"][1]["properties"] == {"answer": {"type": "string"}}
+    required = build_reply_schema(tools_, "required", calls_as_list=True)
+    assert [b.get("type") for b in required["anyOf"]] == ["array"]
+
+    inner = ScriptedChatModel(
+        outputs=['[{"tool": "calculator", "arguments": {"expression": "2 + 2"}}]']
+    )
+    model = _wrap(
+        inner,
+        "constrained_json",
+        tools=[calculator, remember],
+        rendering=RenderingSpec(calls_as_list=True),
+    )
+    reply = model.invoke(HISTORY)
+    assert [c["args"] for c in reply.tool_calls] == [{"expression": "2 + 2"}]
+    messages = inner.calls[0]["messages"]
+    prompt = messages[0].content
+    assert "To call tools: [{" in prompt and '{"answer": "..."}' in prompt
+    assert "To call a tool: {" not in prompt and "several tools in one step" not in prompt
+    # an earlier single call is shown in the list form too, as the protocol asks
+    assert json.loads(messages[2].content) == [
+        {"tool": "calculator", "arguments": {"expression": "37 * 41"}},
+        {"tool": "remember", "arguments": {"fact": "1517"}},
+    ]
+    one_call = [
+        HISTORY[0],
+        HISTORY[1],
+        AIMessage(content="", tool_calls=[HISTORY[2].tool_calls[0]]),
+    ]
+    shown = render_for_constrained_json(one_call, tools_, "auto", RenderingSpec(calls_as_list=True))
+    assert json.loads(shown[-1].content) == [
+        {"tool": "calculator", "arguments": {"expression": "37 * 41"}}
+    ]
+
+
 def test_result_templates_and_continuation_in_constrained_json() -> None:
     rendering = RenderingSpec(
         result_template='<tool_result name="{name}">{result}</tool_result>',

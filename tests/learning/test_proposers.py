@@ -180,7 +180,7 @@ async def test_random_draws_rendering_choices_and_texts_that_apply():
                 assert op.value == ("user_message" if fmt == "native" else "tool_message")
         choices = {"result_framing", "few_shot_style"}  # what the native rendering reads
         if fmt == "constrained_json":
-            choices |= {"catalog_arguments", "reply_protocol", "parallel_calls"}
+            choices |= {"catalog_arguments", "reply_protocol", "parallel_calls", "calls_as_list"}
         assert drawn["set_rendering_param"] == choices
         texts = {"result_template", "error_template", "continuation"}
         if fmt == "constrained_json":  # what to do when no tool fits: the catalog's text

@@ -643,6 +643,14 @@ def _branches(body: dict) -> list[dict]:
         ("catalog_arguments", "descriptions", lambda b: "  Arguments:\n" in _system(b[0])),
         ("reply_protocol", "explicit", lambda b: "never write a tool result" in _system(b[0])),
         ("parallel_calls", True, lambda b: any(x.get("type") == "array" for x in _branches(b[0]))),
+        (
+            "calls_as_list",
+            True,
+            lambda b: (
+                [x.get("type") for x in _branches(b[0])] == ["array", "object"]
+                and isinstance(json.loads(b[1]["messages"][-2]["content"]), list)
+            ),
+        ),
         ("result_framing", "tool_message", lambda b: b[1]["messages"][-1]["role"] == "tool"),
         (
             "few_shot_style",

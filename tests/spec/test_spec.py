@@ -163,6 +163,7 @@ def test_rendering_defaults_are_the_original_rendering(default_text):
         "catalog_arguments": "names_types",
         "reply_protocol": "brief",
         "parallel_calls": False,
+        "calls_as_list": False,
         "result_framing": "auto",
         "result_template": "Tool {name} returned:\n{result}",
         "error_template": "Tool {name} returned an error:\n{result}",

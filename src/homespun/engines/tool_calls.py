@@ -424,13 +424,18 @@ def _rewrite_refs(node: Any, renames: dict[str, str]) -> Any:
 
 
 def build_reply_schema(
-    tools: Sequence[dict[str, Any]], tool_choice: ToolChoice, *, parallel_calls: bool = False
+    tools: Sequence[dict[str, Any]],
+    tool_choice: ToolChoice,
+    *,
+    parallel_calls: bool = False,
+    calls_as_list: bool = False,
 ) -> dict[str, Any]:
     """The JSON schema that constrains a reply to one tool call or a final answer.
 
     One branch per tool, ``{"tool": {"const": NAME}, "arguments": <its parameters>}``, plus the
     answer branch ``{"answer": "..."}``; `required` drops the answer branch and `none` (or no
-    tools) leaves only it. With `parallel_calls` a list of one or more calls is a branch too.
+    tools) leaves only it. With `parallel_calls` a list of one or more calls is a branch too;
+    with `calls_as_list` it is the only form a call takes.
     `$defs` of the tools' schemas move to the root, where `$ref`s resolve.
     """
     branches: list[dict[str, Any]] = []
@@ -455,9 +460,10 @@ def build_reply_schema(
                 "additionalProperties": False,
             }
         )
-    if parallel_calls and branches:
+    if (parallel_calls or calls_as_list) and branches:
         calls = copy.deepcopy(branches)
-        branches.append({"type": "array", "minItems": 1, "items": {"anyOf": calls}})
+        listed = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+        branches = [listed] if calls_as_list else [*branches, listed]
     if tool_choice != "required" or not branches:
         branches.append(
             {
@@ -476,6 +482,7 @@ def build_reply_schema(
 _ANSWER_FORM = '{"answer": "..."}'
 _CALL_FORM = '{"tool": "...", "arguments": {...}}'
 _CALLS_FORM = '[{"tool": "...", "arguments": {...}}, {"tool": "...", "arguments": {...}}]'
+_LIST_FORM = '[{"tool": "...", "arguments": {...}}, ...]'
 
 
 def _framing(rendering: RenderingSpec, tool_call_format: ToolCallFormat) -> str:
@@ -507,19 +514,27 @@ def _catalog_text(
         description = " ".join((fn.get("description") or "").split())
         lines.append(f"- {fn['name']}: {description}" if description else f"- {fn['name']}")
         lines += _catalog_arguments(_tool_parameters(tool), rendering.catalog_arguments)
-    parallel = rendering.parallel_calls
+    as_list = rendering.calls_as_list
+    parallel = rendering.parallel_calls and not as_list
     reply = (
         "Reply with JSON and nothing else."
-        if parallel
+        if parallel or as_list
         else ("Reply with one JSON object and nothing else.")
     )
     lines += ["", "## How to reply", reply]
     notice = _result_notice(rendering)
+    call_form = (
+        f"{_LIST_FORM} (a list of every call the request needs, in order)"
+        if as_list
+        else _CALL_FORM
+    )
     if rendering.reply_protocol == "explicit":
         if tool_choice == "required":
-            lines.append(f"You must call one of the tools: {_CALL_FORM}")
+            lines.append(
+                f"You must call {'one or more' if as_list else 'one'} of the tools: {call_form}"
+            )
         else:
-            lines.append(f"If the question needs a tool, call it first: {_CALL_FORM}")
+            lines.append(f"If the question needs a tool, call it first: {call_form}")
         if parallel:
             lines.append(f"To call several tools in one step, in order: {_CALLS_FORM}")
         lines.append(
@@ -535,9 +550,11 @@ def _catalog_text(
                 lines.append(rendering.no_tool_rule)
         return "\n".join(lines)
     if tool_choice == "required":
-        lines.append(f"You must call one of the tools: {_CALL_FORM}")
+        lines.append(
+            f"You must call {'one or more' if as_list else 'one'} of the tools: {call_form}"
+        )
     else:
-        lines.append(f"To call a tool: {_CALL_FORM}")
+        lines.append(f"To call tools: {call_form}" if as_list else f"To call a tool: {call_form}")
     if parallel:
         lines.append(f"To call several tools in one step, in order: {_CALLS_FORM}")
     if tool_choice != "required":
@@ -667,7 +684,9 @@ def _render_history(
             if message.tool_calls and as_user:
                 key = "tool" if constrained else "name"
                 objects = [{key: c["name"], "arguments": c["args"]} for c in message.tool_calls]
-                if constrained and rendering.parallel_calls and len(objects) > 1:
+                if constrained and (
+                    rendering.calls_as_list or (rendering.parallel_calls and len(objects) > 1)
+                ):
                     text = _dumps(objects)
                 else:
                     text = "\n".join(_dumps(o) for o in objects)
@@ -1229,7 +1248,10 @@ class ToolCallingChatModel(BaseChatModel):
     ) -> tuple[list[BaseMessage], dict[str, Any]]:
         prompt = render_for_constrained_json(messages, self.tools, self.tool_choice, self.rendering)
         schema = build_reply_schema(
-            self.tools, self.tool_choice, parallel_calls=self.rendering.parallel_calls
+            self.tools,
+            self.tool_choice,
+            parallel_calls=self.rendering.parallel_calls,
+            calls_as_list=self.rendering.calls_as_list,
         )
         call_kwargs = dict(kwargs)
         if self.json_transport == "openai_response_format":

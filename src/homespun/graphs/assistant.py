@@ -107,14 +107,16 @@ EXAMPLES_NOTE = (
 )
 
 
-def examples_block(examples: Sequence[FewShotExample]) -> str:
-    """The worked examples as a block of the system message (few_shot_style system_block)."""
+def examples_block(examples: Sequence[FewShotExample], *, calls_as_list: bool = False) -> str:
+    """The worked examples as a block of the system message (few_shot_style system_block);
+    with `calls_as_list` each call is written in the list form the reply protocol asks for."""
     lines = [EXAMPLES_HEADING, EXAMPLES_NOTE]
     for i, example in enumerate(examples, 1):
         lines += ["", f"Example {i}", f"User: {example.user}"]
         if example.tool:
             call = {"tool": example.tool, "arguments": dict(example.arguments)}
-            lines.append(f"Tool call: {json.dumps(call, ensure_ascii=False)}")
+            shown = [call] if calls_as_list else call
+            lines.append(f"Tool call: {json.dumps(shown, ensure_ascii=False)}")
             lines.append(f"Tool result: {example.tool_result}")
         lines.append(f"Answer: {example.assistant}")
     lines += ["", "(End of the examples. The conversation follows.)"]
@@ -128,7 +130,8 @@ def prompt_messages(
     turns, or as a block of the system message: `agent.rendering.few_shot_style`), the
     conversation, and the node's instruction if any."""
     if agent.few_shot and agent.rendering.few_shot_style == "system_block":
-        system = f"{agent.system_prompt.rstrip()}\n\n{examples_block(agent.few_shot)}"
+        block = examples_block(agent.few_shot, calls_as_list=agent.rendering.calls_as_list)
+        system = f"{agent.system_prompt.rstrip()}\n\n{block}"
         return [SystemMessage(system), *messages, *([HumanMessage(extra)] if extra else [])]
     out: list[BaseMessage] = [SystemMessage(agent.system_prompt)]
     for i, example in enumerate(agent.few_shot):

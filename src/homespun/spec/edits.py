@@ -123,10 +123,12 @@ RENDERING_CHOICES: dict[str, tuple[Any, ...]] = {
     "catalog_arguments": CatalogArguments.__args__,  # type: ignore[attr-defined]
     "reply_protocol": ReplyProtocol.__args__,  # type: ignore[attr-defined]
     "parallel_calls": (False, True),
+    "calls_as_list": (False, True),
     "result_framing": ResultFraming.__args__,  # type: ignore[attr-defined]
     "few_shot_style": FewShotStyle.__args__,  # type: ignore[attr-defined]
 }
 """The values each choice of `[agent.rendering]` takes (set_rendering_param)."""
+_BOOL_RENDERING = {name for name, choices in RENDERING_CHOICES.items() if choices == (False, True)}
 
 
 class SetRenderingParam(_Op):
@@ -135,7 +137,12 @@ class SetRenderingParam(_Op):
 
     op: Literal["set_rendering_param"] = "set_rendering_param"
     param: Literal[
-        "catalog_arguments", "reply_protocol", "parallel_calls", "result_framing", "few_shot_style"
+        "catalog_arguments",
+        "reply_protocol",
+        "parallel_calls",
+        "calls_as_list",
+        "result_framing",
+        "few_shot_style",
     ]
     value: bool | CatalogArguments | ReplyProtocol | ResultFraming | FewShotStyle
 
@@ -355,7 +362,7 @@ def _apply_op(spec: Spec, op: Any, where: str) -> None:
             # the value's type union admits any choice's value (and 1 == True): check it
             # against this param's choices and name the mismatch
             choices = RENDERING_CHOICES[param]
-            if (param == "parallel_calls") != isinstance(value, bool) or value not in choices:
+            if (param in _BOOL_RENDERING) != isinstance(value, bool) or value not in choices:
                 raise EditError(
                     f"{where}: agent.rendering.{param} must be one of "
                     f"{', '.join(map(repr, choices))}, got {value!r}"

@@ -297,6 +297,13 @@ class RenderingSpec(_Strict):
         description="constrained_json: the reply may also be a JSON list of tool calls, made "
         "in order in one step (each result is fed back); off: one call per step.",
     )
+    calls_as_list: bool = Field(
+        False,
+        description="constrained_json: a tool call is always written as a JSON list of one or "
+        "more calls (the one-object form is not offered; implies parallel_calls). A model that "
+        "has opened a list tends to go on listing every call the request needs, where one that "
+        "wrote a single call often answers after it.",
+    )
     result_framing: ResultFraming = Field(
         "auto",
         description="How a tool result is shown back to the model. user_message: as a user turn "

@@ -290,7 +290,7 @@ _NO_TOOL_RULES = (
 
 
 # Rendering choices that only the constrained_json prompt and schema read.
-_CONSTRAINED_ONLY = ("catalog_arguments", "reply_protocol", "parallel_calls")
+_CONSTRAINED_ONLY = ("catalog_arguments", "reply_protocol", "parallel_calls", "calls_as_list")
 
 
 def _rendering_choice(t: TemplateInput) -> EditOp | None:
@@ -300,8 +300,8 @@ def _rendering_choice(t: TemplateInput) -> EditOp | None:
     native = t.spec.engine.tool_call_format == "native"
     params = [p for p in sorted(RENDERING_CHOICES) if not (native and p in _CONSTRAINED_ONLY)]
     param = t.rng.choice(params)
-    if param == "parallel_calls":
-        return SetRenderingParam(param=param, value=not rendering.parallel_calls)
+    if param in ("parallel_calls", "calls_as_list"):
+        return SetRenderingParam(param=param, value=not getattr(rendering, param))
     if param == "result_framing":  # "auto" is one of the other two, per format
         current = rendering.result_framing
         if current == "auto":
