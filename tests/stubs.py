@@ -297,14 +297,22 @@ class EmbeddedStub:
     """Stands in for `engines.embedded.EmbeddedServer` where llama.cpp itself is not loaded:
     homespun's chat model reaches it through the in-process transport (`chat_raw`, always a
     streaming request), and it answers every request with the constrained-JSON reply
-    `{"answer": answer}`, recording each request body in `bodies`."""
+    `{"answer": answer}`, recording each request body in `bodies`. With `reply`, the text of
+    each reply is `reply(body)` instead; an exception it raises is the engine's failure."""
 
     base_url = "http://embedded.invalid/v1"
     api_key = "not-used-in-process"
+    closed = False
 
-    def __init__(self, answer: str = "pong", bodies: list[dict] | None = None):
+    def __init__(
+        self,
+        answer: str = "pong",
+        bodies: list[dict] | None = None,
+        reply: Callable[[dict], str] | None = None,
+    ):
         self.answer = answer
         self.bodies: list[dict] = [] if bodies is None else bodies
+        self.reply = reply
 
     def chat_raw(self, request: bytes | dict, on_chunk) -> None:
         body = json.loads(request) if isinstance(request, bytes | str) else dict(request)
@@ -325,8 +333,9 @@ class EmbeddedStub:
                 }  # fmt: skip
             ).encode()
 
+        text = self.reply(body) if self.reply else json.dumps({"answer": self.answer})
         for piece in (
-            chunk({"role": "assistant", "content": json.dumps({"answer": self.answer})}),
+            chunk({"role": "assistant", "content": text}),
             chunk({}, finish="stop"),
             chunk(None, usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}),
         ):

@@ -178,6 +178,126 @@ def test_review_approve_reject_through_the_cli(home, settings, monkeypatch):
     assert again.exit_code == 1 and "not waiting for review" in again.output
 
 
+def _error_line(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("error:"))
+
+
+def test_a_teacher_that_times_out_is_one_line_then_resumes_with_progress_shown(
+    home, settings, monkeypatch
+):
+    from homespun.engines.testing import ScriptedChatModel, tool_call
+    from tests.graphs.test_search_session import PROPOSALS
+    from tests.learning.toy import StudentFactory
+
+    bench = ToyBenchmark(per_category=13)
+    monkeypatch.setattr(search_loop, "get_benchmark", lambda name, *a: bench)
+    runner.invoke(app, ["init"])
+    slow = teacher_script(PROPOSALS[:2])
+    diagnose_and_rerun = slow.script[0]
+
+    def reply(messages):
+        if "Answer only by calling submit_proposals" in str(messages[0].content):
+            raise TimeoutError("no reply in 600 s")
+        return diagnose_and_rerun(messages)
+
+    slow.script = [reply] * 40
+    again = ScriptedChatModel(script=[tool_call("submit_proposals", {"proposals": PROPOSALS[:2]})])
+    teachers = [slow, again]
+    real_run = search_loop.run_search
+
+    async def run(*a, **k):
+        return await real_run(*a, **{**k, "student": StudentFactory(), "teacher": teachers.pop(0)})
+
+    monkeypatch.setattr(search_loop, "run_search", run)
+    wide = {"COLUMNS": "400"}
+    res = runner.invoke(
+        app, ["learning", "run", "--benchmark", "toy", "--proposer", "llm"], env=wide
+    )
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    error = _error_line(res.output)
+    assert error.startswith("error: the teacher failed during plan: TimeoutError: no reply in 600")
+    assert "homespun learning run --resume" in error
+    # Not a terminal: each teacher call is a plain line when it starts and when it ends.
+    assert "teacher call 1 (diagnose)…" in res.output
+    assert "teacher call 1 done after" in res.output
+    assert "(plan)…" in res.output and "failed after" in res.output
+    (session,) = LearningStore(settings.learning_db).sessions()
+    assert session.status == "failed"
+
+    resumed = runner.invoke(app, ["learning", "run", "--benchmark", "toy", "--resume"], env=wide)
+    assert resumed.exit_code == 0, resumed.output
+    assert "ACCEPT" in resumed.output and "REJECT" in resumed.output
+    assert LearningStore(settings.learning_db).session(session.id).status == "done"
+    shown = runner.invoke(app, ["learning", "show", session.id], env=wide)
+    assert "teacher call(s)" in shown.output
+
+
+def test_an_embedded_teacher_that_is_not_pulled_is_one_line_naming_the_fix(
+    home, settings, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("HOMESPUN_MODELS_DIR", str(tmp_path / "no-models"))
+    runner.invoke(app, ["init"])
+    _commit_spec(settings, teacher="embedded:qwen2.5-coder-1.5b", proposer="llm")
+    res = runner.invoke(app, ["learning", "run"], env={"COLUMNS": "400"})
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    error = _error_line(res.output)
+    assert error.startswith("error: learning.teacher = 'embedded:qwen2.5-coder-1.5b': ")
+    assert "`homespun models pull qwen2.5-coder-1.5b --allow-third-party`" in error
+    assert LearningStore(settings.learning_db).sessions() == []  # refused before it began
+
+
+def test_a_teacher_id_that_names_no_model_is_one_line(home, settings):
+    runner.invoke(app, ["init"])
+    _commit_spec(settings, teacher="embedded:gpt-5")
+    res = runner.invoke(app, ["learning", "run"], env={"COLUMNS": "400"})
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    error = _error_line(res.output)
+    assert error.startswith("error: learning.teacher = 'embedded:gpt-5': ")
+    assert "homespun models list" in error
+
+
+@pytest.mark.slow
+def test_a_session_with_the_embedded_smollm2_teacher_on_the_starter_benchmark(
+    home, settings, model_path
+):
+    """The real engine as teacher and student: the teacher's every reply decoded under a
+    JSON schema, so what it proposes parses or is recorded as invalid, never a crash. Kept
+    cheap: 2 starter tasks a category (10 search, 10 gate), one proposal, 2 diagnosis tool
+    calls, no re-runs."""
+    runner.invoke(app, ["init"])
+    teacher = "embedded:smollm2-135m"
+    _commit_spec(
+        settings,
+        teacher=teacher,
+        proposer="llm",
+        teacher_reruns_per_cluster=0,
+        max_proposals_per_session=1,
+        max_tool_calls_per_diagnosis=2,
+        tier_overrides={op: "auto" for op in OP_NAMES},
+    )
+    res = runner.invoke(app, ["learning", "run", "--limit", "2"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    store = LearningStore(settings.learning_db)
+    (session,) = store.sessions()
+    assert session.status == "done" and session.teacher == teacher, session.note
+    proposals = store.proposals(session.id)
+    if proposals:  # each one went through the gate, or failed to apply, on the record
+        assert all(p["status"] in ("accepted", "rejected", "error") for p in proposals)
+    else:  # the teacher's replies failed validation twice: recorded as such
+        assert "the llm proposer gave no proposal" in session.note
+    # Nothing invalid on disk: the spec loads, and git has it as it is.
+    load_spec(settings.spec_path)
+    assert CheckpointRepo(settings.home, settings.spec_path).file_matches_head()
+    rows = list(store.db.query("select * from costs where session_id = ?", [session.id]))
+    assert rows and {r["model"] for r in rows} == {teacher}
+    assert {r["usd"] for r in rows} == {0.0} and session.cost_usd == 0.0
+    calls, seconds = store.teacher_usage(session.id)
+    assert calls >= 2 and seconds > 0  # at least the diagnosis and the proposals
+    assert {r["kind"] for r in rows} == {"diagnose", "plan"}
+    assert sum(r["output_tokens"] for r in rows) > 0  # the engine's usage, not estimates
+
+
 def test_bench_run_prints_a_per_category_table(home, settings, monkeypatch):
     from tests.learning.toy import StudentFactory
 

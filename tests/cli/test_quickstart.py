@@ -15,7 +15,7 @@ def _demo_tasks(per_category: int):
 
 def test_a_gate_too_small_for_the_paired_rule_is_named_not_promised_a_later_success():
     said = _why_nothing_can_pass(Spec(), _demo_tasks(4))
-    assert "cannot accept any edit" in said and "needs 5" in said
+    assert "cannot accept any edit" in said and "needs 3" in said
     assert "Later sessions" not in said
 
 

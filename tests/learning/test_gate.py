@@ -29,10 +29,13 @@ from homespun.learning.gate import (
     candidate_batches,
     cluster_categories,
     cluster_scores,
+    flip_ceiling,
     gate_ok,
     gate_subsample,
     judge,
+    min_gate_tasks,
     pair_outcomes,
+    paired_p,
     settled,
     sign_flip_p,
     split_tasks,
@@ -480,13 +483,106 @@ def test_the_paired_test_is_the_exact_sign_test_and_counts_tasks_not_repeats():
     assert sign_flip_p([2, 1, 1]) == 1 / 8 and sign_flip_p([2, -1]) == 1 / 2
 
 
+def _null_accepts(ps: list[float], runs: int, alpha: float) -> float:
+    """The exact chance that the target test passes an edit that changes nothing, when task
+    i succeeds with chance ps[i] in every run of S and of S' (runs independent)."""
+    chances: dict[tuple[int, int], float] = {(0, 0): 1.0}  # (won, lost) -> chance
+    for p in ps:
+        passes = [comb(runs, j) * p**j * (1 - p) ** (runs - j) for j in range(runs + 1)]
+        win = sum(passes[b] * passes[a] for b in range(runs + 1) for a in range(b + 1, runs + 1))
+        step: dict[tuple[int, int], float] = {}
+        for (won, lost), chance in chances.items():
+            for key, q in (
+                ((won + 1, lost), win),
+                ((won, lost + 1), win),
+                ((won, lost), 1 - 2 * win),
+            ):
+                step[key] = step.get(key, 0.0) + chance * q
+        chances = step
+    return sum(c for (w, lost), c in chances.items() if paired_p(w, lost, len(ps), runs) <= alpha)
+
+
+@pytest.mark.parametrize("runs", [1, 2, 3])
+def test_an_edit_that_changes_nothing_passes_at_most_alpha_of_the_time_whatever_each_task_p(runs):
+    rng = random.Random(runs)
+    for n in (3, 5, 10, 16):
+        half = n // 2
+        for alpha in (0.05, 0.1):
+            for ps in (
+                [0.5] * n,  # the worst case: every task a coin toss ...
+                [0.5] * half + [1.0] * (n - half),  # ... or some, the rest never changing
+                [rng.random() for _ in range(n)],
+                [rng.choice([0.0, 0.2, 0.5, 0.7, 1.0]) for _ in range(n)],
+                [rng.uniform(0.2, 0.8) for _ in range(n)],  # the gate simulation's student
+            ):
+                assert _null_accepts(ps, runs, alpha) <= alpha + 1e-12, (n, alpha, ps)
+
+
+def test_the_paired_test_spends_alpha_where_the_sign_test_wastes_it():
+    # With 10 coin-toss tasks the exact sign test passes a null edit 1.4% of the time at
+    # alpha 0.05; the paired test passes it 3.3% of the time, still under alpha ...
+    assert _null_accepts([0.5] * 10, 1, 0.05) == pytest.approx(0.0335, abs=1e-4)
+    # ... and never asks more than the sign test did: what it accepted is still accepted.
+    for n in range(1, 21):
+        for won in range(n + 1):
+            for lost in range(n + 1 - won):
+                sign_test = sign_flip_p([1] * won + [-1] * lost)
+                assert paired_p(won, lost, n) <= sign_test
+    # a task can flip at most as often as two runs of a fair coin differ
+    assert flip_ceiling(1) == 0.5 and flip_ceiling(3) == 0.6875
+    grid = [i / 200 for i in range(201)]
+    for runs in (1, 2, 4):
+        most = max(
+            1 - sum((comb(runs, j) * p**j * (1 - p) ** (runs - j)) ** 2 for j in range(runs + 1))
+            for p in grid
+        )
+        assert most == pytest.approx(flip_ceiling(runs))
+
+
+def test_an_edit_that_fixes_4_of_10_tasks_and_breaks_none_is_accepted():
+    """The sign test's p is 1/16 here, so the old rule rejected it; 4 clean wins of 10 tasks
+    happen by chance at most 3.3% of the time."""
+    pairs = _pairs("arith", "0000001111", "1111001111") + _pairs("mem", "11100", "11100")
+    decision = judge(pairs, _scopes("arith", "mem"), "arith", PAIRED)
+    assert decision.accepted, decision.reason
+    assert "4 task(s) better, 0 worse of 10 (0.400 -> 0.800), one-sided p=0.0328" in (
+        decision.reason
+    )
+    # three of three is the smallest clean sweep that clears alpha 0.05 (two coins: 1/16)
+    assert min_gate_tasks(0.05) == 3 and min_gate_tasks(0.05, runs=3) == 3
+    assert min_gate_tasks(0.01) == 4
+    sweep = _pairs("arith", "000", "111") + _pairs("mem", "11100", "11100")
+    assert judge(sweep, _scopes("arith", "mem"), "arith", PAIRED).accepted
+
+
+def test_a_coin_toss_edit_on_a_large_cluster_is_rejected():
+    same = "0110100110010"  # 13 of 25 tasks as they were
+    scopes, others = _scopes("arith", "mem"), _pairs("mem", "1" * 10, "1" * 10)
+    toss = _pairs("arith", "0" * 6 + "1" * 6 + same, "1" * 6 + "0" * 6 + same)
+    decision = judge(toss + others, scopes, "arith", PAIRED)
+    assert not decision.accepted
+    assert "6 task(s) better, 6 worse of 25" in decision.reason
+    # nor is a lucky 8 against 3 on 25 tasks: noise does that too often
+    lucky = _pairs("arith", "0" * 8 + "1" * 3 + same + "0", "1" * 8 + "0" * 3 + same + "0")
+    decision = judge(lucky + others, scopes, "arith", PAIRED)
+    assert not decision.accepted and "8 task(s) better, 3 worse of 25" in decision.reason
+
+
+def test_a_winner_that_breaks_a_quarter_of_a_large_cluster_is_rejected():
+    fixed = _pairs("arith", "0000000000", "1111111111")
+    broken = _pairs("mem", "1" * 20, "0" * 5 + "1" * 15)  # 1.000 -> 0.750 on 20 tasks
+    decision = judge(fixed + broken, _scopes("arith", "mem"), "arith", PAIRED)
+    assert not decision.accepted and decision.regressions == {"mem": 0.25}
+    assert "'mem' regressed: 5 task(s) worse, 0 better of 20 (1.000 -> 0.750)" in decision.reason
+
+
 def test_a_null_ish_candidate_is_rejected_with_the_cluster_and_its_numbers():
     pairs = _pairs("arith", "0101010101", "1100110011") + _pairs("mem", "11111", "11111")
     decision = judge(pairs, _scopes("arith", "mem"), "arith", PAIRED)
     assert not decision.accepted and decision.rule == "paired"
     assert decision.reason.startswith("paired rule: target 'arith' not shown to improve")
     assert "3 task(s) better, 2 worse of 10 (0.500 -> 0.600)" in decision.reason
-    assert "p=0.5 > alpha=0.05" in decision.reason
+    assert "p=0.412 > alpha=0.05" in decision.reason
     # the strict rule takes the same coin toss for a gain
     assert judge(pairs, _scopes("arith", "mem"), "arith", STRICT).accepted
 
@@ -498,7 +594,7 @@ def test_a_clear_improvement_is_accepted():
     assert "target 'arith' improved: 6 task(s) better, 0 worse of 10 (0.200 -> 0.800)" in (
         decision.reason
     )
-    assert "p=0.0156 <= alpha=0.05" in decision.reason
+    assert "p=0.00432 <= alpha=0.05" in decision.reason
     assert decision.before == {"arith": 0.2, "mem": 0.8}
     assert decision.after == {"arith": 0.8, "mem": 0.8}
 
@@ -506,8 +602,8 @@ def test_a_clear_improvement_is_accepted():
 def test_a_target_with_too_few_gate_tasks_says_how_many_are_needed():
     pairs = _pairs("time", "00", "11") + _pairs("mem", "11111", "11111")
     decision = judge(pairs, _scopes("time", "mem"), "time", PAIRED)
-    assert not decision.accepted  # 2 of 2 fixed is p=0.25: a coin could do it
-    assert "with 2 gate task(s) no edit can reach alpha=0.05, at least 5 are needed" in (
+    assert not decision.accepted  # 2 of 2 fixed is p=1/16: two coins could do it
+    assert "with 2 gate task(s) no edit can reach alpha=0.05, at least 3 are needed" in (
         decision.reason
     )
     assert judge(pairs, _scopes("time", "mem"), "time", STRICT).accepted
@@ -611,14 +707,15 @@ def test_an_undecided_candidate_runs_on_and_a_certain_winner_stops():
 
 
 @pytest.mark.parametrize("rule", ["paired", "strict"])
-@pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.parametrize("runs", [1, 2, 3])
 def test_stopping_early_never_changes_a_decision(rule, runs):
     """Against every way the pending runs could come out: `settled` answers exactly when
     they all lead to the same decision, and answers that decision."""
     gate = GateSpec(rule=rule)
     rng = random.Random(f"{rule}{runs}")
     scopes = _scopes("arith", "mem", "files")
-    sizes = {"arith": 6, "mem": 4, "files": 3}
+    sizes = {"arith": 8, "mem": 4, "files": 3}
+    stopped = set()
     for _ in range(120 if runs == 1 else 60):
         pairs = []
         for cluster, n in sizes.items():
@@ -646,5 +743,7 @@ def test_stopping_early_never_changes_a_decision(rule, runs):
         early = settled(partial, scopes, "arith", gate)
         if len(outcomes) == 1:
             assert early is not None and early.accepted == outcomes.pop()
+            stopped.add(early.accepted)
         else:
             assert early is None
+    assert stopped == {True, False}  # both a certain winner and a certain loser stopped

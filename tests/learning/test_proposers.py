@@ -366,13 +366,41 @@ async def test_llm_refused_by_the_meter_makes_no_call():
     assert teacher.calls == [] and spent.calls == 0
 
 
-async def test_llm_without_a_tool_call_returns_nothing_but_is_charged():
-    teacher = ScriptedChatModel(script=["I think you should lower the temperature."])
+async def test_llm_without_a_tool_call_asks_once_more_then_returns_nothing_but_is_charged():
+    teacher = ScriptedChatModel(script=["I think you should lower the temperature."] * 3)
     meter = RecordingMeter(teacher)
     proposer = LLMProposer()
     assert await proposer.propose(_ctx(teacher=teacher, meter=meter)) == []
-    assert [e[0] for e in meter.log] == ["check", "record"]
-    assert "did not call submit_proposals" in proposer.last_report.notes[0]
+    assert [e[0] for e in meter.log] == ["check", "record"] * 2  # one retry, both charged
+    retry = "\n".join(str(m.content) for m in teacher.calls[1]["messages"])
+    assert "did not call submit_proposals" in retry  # the retry says what was wrong
+    notes = proposer.last_report.notes
+    assert "did not call submit_proposals" in notes[0]
+    assert notes[-1] == "no valid proposal in 2 teacher replies"
+
+
+async def test_llm_asks_again_once_when_every_op_is_invalid_and_keeps_the_valid_retry():
+    bad = tool_call(
+        "submit_proposals",
+        {
+            "proposals": [
+                {
+                    "target_cluster": "arithmetic-no_tool_call",
+                    "rationale": "warmer",
+                    "ops": [{"op": "set_generation_param", "param": "warmth", "value": 2}],
+                }
+            ]
+        },
+    )
+    teacher = ScriptedChatModel(script=[bad, _teacher_reply()])
+    proposer = LLMProposer()
+    proposals = await proposer.propose(_ctx(teacher=teacher, history=_history()))
+    assert len(teacher.calls) == 2 and proposer.last_report.teacher_calls == 2
+    assert "warmth" in "\n".join(str(m.content) for m in teacher.calls[1]["messages"])
+    assert [p.target_cluster for p in proposals] == [
+        "arithmetic-no_tool_call",
+        "memory-wrong_answer",
+    ]
 
 
 async def test_llm_needs_a_teacher():

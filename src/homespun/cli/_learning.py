@@ -9,7 +9,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from ._common import console, current_spec, err_console, fail, run_async, settings
@@ -52,6 +59,9 @@ class EventPrinter:
     def __init__(self) -> None:
         self.progress: Progress | None = None
         self.task_id: Any = None
+        self.phase = ""
+        self.teacher_calls = 0
+        self.waiting: Progress | None = None  # the teacher call in progress, on a terminal
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         handler = getattr(self, f"on_{event}", None)
@@ -71,6 +81,7 @@ class EventPrinter:
             )
 
     def on_phase(self, name: str, **data: Any):
+        self.phase = name
         if name == "diagnose":
             test = (
                 f"test: {data['test_tasks']} untouched tasks"
@@ -90,6 +101,35 @@ class EventPrinter:
             console.print(
                 f"[bold]execute[/] {p.id} → {p.target_cluster} [{data['tier']}]: "
                 f"{escape(describe_proposal(p))}"
+            )
+
+    def on_teacher_call(self, state: str, seconds: float = 0.0, ok: bool = True):
+        """A local teacher's call can take minutes: on a terminal a spinner counts its
+        seconds; elsewhere (a log, a pipe) a plain line when it starts and when it ends."""
+        if state == "start":
+            self.teacher_calls += 1
+            label = f"teacher call {self.teacher_calls} ({self.phase or 'session'})"
+            if err_console.is_terminal and self.progress is None:
+                self.waiting = Progress(
+                    SpinnerColumn(),
+                    TextColumn("  {task.description}"),
+                    TimeElapsedColumn(),
+                    console=err_console,
+                    transient=True,
+                )
+                self.waiting.start()
+                self.waiting.add_task(label, total=None)
+            elif not err_console.is_terminal:
+                console.print(f"  {label}…", highlight=False)
+            return
+        if self.waiting is not None:
+            self.waiting.stop()
+            self.waiting = None
+        if not err_console.is_terminal:
+            console.print(
+                f"  teacher call {self.teacher_calls} {'done' if ok else 'failed'} "
+                f"after {seconds:.1f} s",
+                highlight=False,
             )
 
     def on_evaluate_start(self, label: str, tasks: int):
@@ -225,6 +265,7 @@ def _report(result: Any) -> None:
 def _errors():
     from homespun.engines.cost import BudgetExceeded
     from homespun.engines.providers import TeacherConfigError
+    from homespun.graphs.search import TeacherFailed
     from homespun.graphs.search_loop import SearchSetupError
     from homespun.learning.benchmarks.personal import NoPersonalBenchmark, PersonalBenchmarkError
     from homespun.stores.checkpoints import CheckpointError, DirtySpec
@@ -238,6 +279,7 @@ def _errors():
         PersonalBenchmarkError,
         NoPersonalBenchmark,
         TeacherConfigError,
+        TeacherFailed,
     )
 
 
@@ -349,9 +391,11 @@ def learning_show(session_id: str):
         s = store.session(session_id)
     except KeyError as exc:
         fail(str(exc.args[0]))
+    calls, seconds = store.teacher_usage(s.id)
+    usage = f" ({calls} teacher call(s), {seconds:.0f} s)" if calls else ""
     console.print(
         f"[bold]session {s.id}[/] · {s.status} · {s.benchmark} · proposer "
-        f"{s.proposer} · teacher {s.teacher or 'none'} · cost ${s.cost_usd:.4f}"
+        f"{s.proposer} · teacher {s.teacher or 'none'} · cost ${s.cost_usd:.4f}{usage}"
     )
     test = _test_change(s.test_score_before, s.test_score_after, s.test_tasks)
     console.print(
@@ -474,7 +518,7 @@ def benchmark_refresh(
         )
     store = LearningStore(st.learning_db)
     try:
-        teacher = build_teacher(spec.learning.teacher)
+        teacher = build_teacher(spec.learning.teacher, settings=st)
         meter = CostMeter.from_spec(spec.learning, spent_before_usd=store.total_cost())
         path = run_async(
             refresh_personal_benchmark(

@@ -92,7 +92,7 @@ def _search_demo(st, spec) -> None:
     from homespun.spec.models import OP_NAMES
     from homespun.stores.checkpoints import CheckpointRepo
 
-    from ._learning import EventPrinter, _limited, _test_change
+    from ._learning import EventPrinter, _errors, _limited, _test_change
 
     console.print(Rule("spec search (demo)"))
     demo = Settings(home=st.home / "quickstart-search", models_dir=st.models_path)
@@ -122,16 +122,19 @@ def _search_demo(st, spec) -> None:
     # than the few minutes a first run should.
     quick = [t for t in StarterBenchmark().tasks() if t.category in SINGLE_TOOL_CATEGORIES]
     tasks = _limited(quick, 4)
-    result = run_async(
-        run_search(
-            demo,
-            benchmark="starter",
-            proposer=spec.learning.proposer if teacher else "random",
-            sessions=1,
-            tasks=tasks,
-            on_event=EventPrinter(),
+    try:
+        result = run_async(
+            run_search(
+                demo,
+                benchmark="starter",
+                proposer=spec.learning.proposer if teacher else "random",
+                sessions=1,
+                tasks=tasks,
+                on_event=EventPrinter(),
+            )
         )
-    )
+    except _errors() as exc:  # a teacher not pulled, or one that timed out: one line
+        fail(str(exc.args[0]) if exc.args else str(exc))
     from homespun.stores.learning import LearningStore
 
     store = LearningStore(demo.learning_db)

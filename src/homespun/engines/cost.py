@@ -11,7 +11,8 @@ made, never as free.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +46,14 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     # Local providers: the teacher runs on the user's own hardware.
     "ollama:": (0.0, 0.0),
     "openai_compatible:": (0.0, 0.0),
+    "embedded:": (0.0, 0.0),
 }
 
 # A model we have no price for is charged as the dearest one we know, so an unknown model can
 # only make the meter stop early, never let spend run past a cap.
 _FALLBACK_PRICE = max(PRICES_PER_MTOK.values(), key=lambda p: p[0] + p[1])
 
-PROVIDERS = ("anthropic", "openai", "ollama", "openai_compatible")
+PROVIDERS = ("anthropic", "openai", "ollama", "openai_compatible", "embedded")
 
 
 def price_for(model: str) -> tuple[tuple[float, float], bool]:
@@ -112,6 +114,10 @@ class CostMeter:
         self.input_tokens = 0
         self.output_tokens = 0
         self.estimated_calls = 0  # finished calls that reported no usage
+        self.seconds = 0.0  # wall time of this session's calls, failed ones included
+        # Told "start" before each metered call and "done" ({"seconds", "ok"}) after it: a
+        # local teacher's call can take minutes, and a surface may want to show it moving.
+        self.on_call: Callable[[str, dict[str, Any]], None] | None = None
         self._last_estimate_usd = 0.0
 
     @classmethod
@@ -199,9 +205,12 @@ def max_output_tokens(model: Any, default: int = 4096) -> int:
         value = getattr(model, attr, None)
         if isinstance(value, int) and value > 0:
             return value
-    bound = getattr(model, "bound", None)  # a RunnableBinding from bind_tools
-    if bound is not None and bound is not model:
-        return max_output_tokens(bound, default)
+    # A RunnableBinding from bind_tools, or a wrapper (tool-call handling, metering) whose
+    # inner model is the one that generates.
+    for attr in ("bound", "inner"):
+        wrapped = getattr(model, attr, None)
+        if wrapped is not None and wrapped is not model:
+            return max_output_tokens(wrapped, default)
     return default
 
 
@@ -248,12 +257,15 @@ async def metered_call(
     defaults to the model's own limit. With no meter the call is just made.
     """
     _check(meter, model, messages, tools, max_output_tokens)
+    started = _call_started(meter)
     try:
         reply = await model.ainvoke(messages, **kwargs)
     except BaseException:
+        _call_ended(meter, started, ok=False)
         if meter is not None:
             meter.record(None)
         raise
+    _call_ended(meter, started, ok=True)
     if meter is not None:
         meter.record(reply)
     return reply
@@ -270,15 +282,35 @@ def metered_call_sync(
 ) -> AIMessage:
     """`metered_call` for a synchronous caller."""
     _check(meter, model, messages, tools, max_output_tokens)
+    started = _call_started(meter)
     try:
         reply = model.invoke(messages, **kwargs)
     except BaseException:
+        _call_ended(meter, started, ok=False)
         if meter is not None:
             meter.record(None)
         raise
+    _call_ended(meter, started, ok=True)
     if meter is not None:
         meter.record(reply)
     return reply
+
+
+# Meters in tests may be stand-ins with check() and record() only: the timing is optional.
+def _call_started(meter: Any) -> float:
+    notify = getattr(meter, "on_call", None)
+    if notify is not None:
+        notify("start", {})
+    return time.perf_counter()
+
+
+def _call_ended(meter: Any, started: float, *, ok: bool) -> None:
+    seconds = time.perf_counter() - started
+    if isinstance(getattr(meter, "seconds", None), float):
+        meter.seconds += seconds
+    notify = getattr(meter, "on_call", None)
+    if notify is not None:
+        notify("done", {"seconds": seconds, "ok": ok})
 
 
 def _check(

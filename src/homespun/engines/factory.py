@@ -220,3 +220,41 @@ def build_chat_model(spec: Spec, settings: Settings) -> ToolCallingChatModel:
         json_transport=transport,
         rendering=spec.agent.rendering,
     )
+
+
+# The embedded teacher's context per request: a diagnosis digest of failing runs, or the LLM
+# proposer's prompt (spec, clusters, the JSON schema of every edit op: ~4k tokens) with the
+# reply, must fit. The KV cache this takes is small next to the weights (~0.5 GB for
+# Qwen2.5-Coder-1.5B), and only what a request uses is ever computed.
+TEACHER_CONTEXT = 16384
+
+
+def build_embedded_teacher(
+    model: str, settings: Settings, *, max_tokens: int, timeout_s: float
+) -> ToolCallingChatModel:
+    """The teacher `embedded:MODEL`: a catalog model or .gguf path run in this process, on
+    a server of its own (its own context size), every structured reply decoded under the
+    JSON schema of the tool it is asked to call (constrained_json).
+
+    It uses every core, as the student's server does by default: a session never runs the
+    two at the same time (each teacher call is awaited before the next student run starts),
+    and two llama.cpp servers that decode at once with all cores each spin-wait against each
+    other. Greedy decoding without a repeat penalty: a JSON reply repeats its punctuation by
+    design. Raises ModelNotAvailable (not pulled, no such file) or EngineError (no load).
+    """
+    from homespun.spec.models import EngineSpec, IntelligenceSpec
+
+    spec = Spec(
+        intelligence=IntelligenceSpec(
+            model=model, temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens, seed=0
+        ),
+        engine=EngineSpec(
+            backend="embedded",
+            context_length=TEACHER_CONTEXT,
+            threads=0,
+            parallel=1,
+            tool_call_format="constrained_json",
+            timeout_s=timeout_s,
+        ),
+    )
+    return build_chat_model(spec, settings)

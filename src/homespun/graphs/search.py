@@ -57,6 +57,30 @@ from homespun.stores.traces import TraceStore
 EventCallback = Callable[[str, dict[str, Any]], None]
 
 
+class TeacherFailed(RuntimeError):
+    """A teacher call failed during a phase (a timeout, a provider's or the embedded engine's
+    error). The session is recorded as failed; its checkpoint stays at that phase, so
+    `homespun learning run --resume` runs the phase again."""
+
+    def __init__(self, session_id: str, phase: str, cause: BaseException):
+        from homespun.engines.providers import one_line
+
+        self.session_id = session_id
+        self.phase = phase
+        super().__init__(
+            f"the teacher failed during {phase}: {one_line(cause)} (session {session_id} is "
+            f"kept: `homespun learning run --resume` runs {phase} again)"
+        )
+
+
+def _teacher_failure(sid: str, phase: str, exc: Exception) -> Exception:
+    """`exc` as a TeacherFailed when a model call failed; anything else is not the teacher's
+    doing and is raised as it is."""
+    from homespun.engines.providers import is_model_call_error
+
+    return TeacherFailed(sid, phase, exc) if is_model_call_error(exc) else exc
+
+
 @dataclass(kw_only=True)
 class SearchContext:
     """The live collaborators of one run of the search graph: its LangGraph run context
@@ -198,22 +222,39 @@ def _session_dir(ctx: SearchContext, sid: str) -> Path:
     return path
 
 
-def _meter_mark(ctx: SearchContext) -> tuple[float, int, int]:
+_Mark = tuple[float, int, int, int, float]
+
+
+def _meter_mark(ctx: SearchContext) -> _Mark:
     m = ctx.meter
     if m is None:
-        return (0.0, 0, 0)
-    return (float(m.spent_usd), int(m.input_tokens), int(m.output_tokens))
+        return (0.0, 0, 0, 0, 0.0)
+    return (
+        float(m.spent_usd),
+        int(m.input_tokens),
+        int(m.output_tokens),
+        int(m.calls),
+        float(getattr(m, "seconds", 0.0)),
+    )
 
 
-def _record_cost(ctx: SearchContext, sid: str, kind: str, mark: tuple[float, int, int]) -> None:
-    """Persist what the teacher cost since `mark` (every call, fallbacks included)."""
+def _record_cost(ctx: SearchContext, sid: str, kind: str, mark: _Mark) -> None:
+    """Persist what the teacher cost since `mark` (every call, fallbacks included): dollars,
+    tokens, calls and their wall time. A free local teacher's calls are recorded too, at $0."""
     if ctx.meter is None:
         return
     now = _meter_mark(ctx)
-    usd, tin, tout = now[0] - mark[0], now[1] - mark[1], now[2] - mark[2]
-    if usd > 0 or tin or tout:
+    usd, tin, tout, calls, seconds = (b - a for a, b in zip(mark, now, strict=True))
+    if usd > 0 or tin or tout or calls:
         ctx.store.add_cost(
-            sid, kind=kind, model=ctx.meter.model, input_tokens=tin, output_tokens=tout, usd=usd
+            sid,
+            kind=kind,
+            model=ctx.meter.model,
+            input_tokens=tin,
+            output_tokens=tout,
+            usd=usd,
+            calls=calls,
+            seconds=round(seconds, 3),
         )
 
 
@@ -309,6 +350,11 @@ async def diagnose(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
                 rerun_per_cluster=reruns,
                 user_failures=mine,
             )
+        except Exception as exc:
+            failure = _teacher_failure(sid, "diagnose", exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         finally:
             _record_cost(ctx, sid, "diagnose", spent)
     else:
@@ -395,8 +441,21 @@ async def plan(state: SearchState, runtime: Runtime[SearchContext]) -> dict:
     spent = _meter_mark(ctx)
     try:
         proposals = await ctx.proposer.propose(proposer_ctx)
+    except Exception as exc:
+        failure = _teacher_failure(sid, "plan", exc)
+        if failure is exc:
+            raise
+        raise failure from exc
     finally:
         _record_cost(ctx, sid, "plan", spent)
+    report = getattr(ctx.proposer, "last_report", None)
+    if not proposals and report is not None and (report.notes or report.dropped):
+        # Nothing to gate: say why in the session, e.g. a teacher reply that failed
+        # validation on its retry too, rather than end as if nothing had been asked.
+        why = "; ".join([*report.notes, *report.dropped[:3]])
+        note = f"the {ctx.proposer.name} proposer gave no proposal: {why}"
+        ctx.store.update_session(sid, note=note)
+        ctx.emit("note", text=note)
     # Auto-tier proposals first: a proposal paused for review must not hold back the ones
     # that need no human.
     order = {"auto": 0, "review": 1, "manual": 2}

@@ -16,7 +16,13 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
 from homespun.engines.cost import CostMeter
-from homespun.graphs.search import EventCallback, SearchContext, SearchState, build_search_graph
+from homespun.graphs.search import (
+    EventCallback,
+    SearchContext,
+    SearchState,
+    TeacherFailed,
+    build_search_graph,
+)
 from homespun.learning.evaluation import StudentFactory
 from homespun.learning.proposers.base import Proposer
 from homespun.learning.tasks import Benchmark, Task
@@ -58,14 +64,14 @@ def _store(settings: Settings) -> LearningStore:
 
 
 def _teacher_and_meter(
-    spec: Spec, store: LearningStore, teacher: BaseChatModel | None
+    spec: Spec, settings: Settings, store: LearningStore, teacher: BaseChatModel | None
 ) -> tuple[BaseChatModel | None, CostMeter]:
     from homespun.engines.providers import build_teacher
 
     budgets = spec.learning.budgets
     name = spec.learning.teacher
     if teacher is None and name:
-        teacher = build_teacher(name)
+        teacher = build_teacher(name, settings=settings)
     if teacher is not None and not name:  # a teacher object handed in: price by its model id
         name = (
             getattr(teacher, "model", None)
@@ -114,8 +120,12 @@ def search_context(
     tasks: list[Task] | None = None,
 ) -> SearchContext:
     """The run context of one session: the teacher (`teacher`, else the spec's), a cost meter
-    for it against the spec's budgets, and the named proposer (errors as SearchSetupError)."""
-    t, meter = _teacher_and_meter(spec, _store(settings), teacher)
+    for it against the spec's budgets, and the named proposer (errors as SearchSetupError).
+    Each teacher call is an event for `on_event`: "teacher_call" with state "start", then
+    "done" with its seconds and whether it succeeded."""
+    t, meter = _teacher_and_meter(spec, settings, _store(settings), teacher)
+    if on_event is not None:
+        meter.on_call = lambda state, data: on_event("teacher_call", {"state": state, **data})
     return SearchContext(
         settings=settings,
         benchmark=benchmark,
@@ -192,7 +202,13 @@ async def run_search(
                 concurrency=concurrency,
                 tasks=tasks,
             )
-            result = await _drive(graph, None, sid, context)
+            if row.status == "failed":
+                store.update_session(sid, status="running")
+            try:
+                result = await _drive(graph, None, sid, context)
+            except Exception as exc:
+                _record_failure(store, sid, exc)
+                raise
             out.sessions.append(sid)
             if "__interrupt__" in result:
                 out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
@@ -250,7 +266,7 @@ async def run_search(
                     context,
                 )
             except Exception as exc:
-                store.update_session(sid, status="failed", note=f"{type(exc).__name__}: {exc}")
+                _record_failure(store, sid, exc)
                 raise
             if "__interrupt__" in result:
                 out.paused_proposal = result["__interrupt__"][0].value["proposal_id"]
@@ -275,10 +291,19 @@ async def run_search(
     return out
 
 
+def _record_failure(store: LearningStore, sid: str, exc: Exception) -> None:
+    from homespun.engines.providers import one_line
+
+    note = str(exc) if isinstance(exc, TeacherFailed) else one_line(exc)
+    store.update_session(sid, status="failed", note=note)
+
+
 def _resumable(store: LearningStore) -> str | None:
-    """The newest session that is still running or paused for review."""
-    for row in store.sessions(limit=50):
-        if row.status in ("running", "paused"):
+    """The newest session that is still running or paused for review, or the newest session
+    of all when it failed (a teacher that timed out: its checkpoint stays at the phase that
+    failed). An older failed session stays failed: later sessions have moved the spec on."""
+    for i, row in enumerate(store.sessions(limit=50)):
+        if row.status in ("running", "paused") or (i == 0 and row.status == "failed"):
             return row.id
     return None
 

@@ -50,6 +50,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from homespun.engines.cost import CostMeter, max_output_tokens, metered_call
+from homespun.engines.providers import bound_reply_tokens
 from homespun.learning.clusters import REST_CLUSTER_ID, Cluster, Diagnosis, FailureSignature
 from homespun.learning.privacy import eligible_traces, scrub_obj, scrub_text
 from homespun.learning.tasks import Grade, Task
@@ -64,6 +65,13 @@ READ_ONLY_TOOLS = ("show_trace", "list_categories", "search_traces")
 # Forced report rounds (tool budget spent, a text reply, or invalid report arguments) before
 # the teacher's answer is given up on and the rules diagnose instead.
 REPORT_ATTEMPTS = 2
+
+# The bound on each reply of the diagnosis conversation, where the teacher allows one
+# (`bound_reply_tokens`: a local teacher decoding under the tools' JSON schema). A look
+# through a read-only tool is a few dozen tokens; the report of a handful of clusters, each a
+# name, categories, task ids and a sentence of skill gap, a few hundred. A local teacher
+# writes ~10 tokens/s on 2 cores (Qwen2.5-Coder-1.5B), so 1024 is under two minutes a reply.
+DIAGNOSIS_REPLY_TOKENS = 1024
 
 # Provider errors worth retrying: rate limits and overload. Each attempt goes through the
 # cost meter; a failed attempt may still be billed, so it is charged at its estimate.
@@ -719,6 +727,7 @@ async def _explore_and_report(
 ) -> tuple[DiagnosisReport | None, list[str], int, int]:
     """The teacher conversation. Returns (report or None, notes, model calls, tool calls)."""
     read_only, report_tool = _tools(evidence)
+    teacher = bound_reply_tokens(teacher, DIAGNOSIS_REPLY_TOKENS)
     explore = teacher.bind_tools([*read_only, report_tool], tool_choice="any")
     final = teacher.bind_tools([report_tool], tool_choice=REPORT_TOOL)
     final_schemas = [convert_to_openai_tool(report_tool)]

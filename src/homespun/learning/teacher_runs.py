@@ -15,7 +15,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
-from homespun.engines.cost import metered_call, metered_call_sync
+from homespun.engines.cost import max_output_tokens, metered_call, metered_call_sync
+from homespun.engines.providers import bound_reply_tokens
 from homespun.learning.evaluation import evaluate
 from homespun.learning.tasks import Benchmark, Task
 from homespun.spec import Settings, Spec
@@ -73,13 +74,26 @@ def _ai(reply: Any) -> AIMessage:
     return reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply))
 
 
+# The bound on each of the teacher's replies as the agent, where the teacher allows one
+# (`bound_reply_tokens`: a local teacher decoding under the tools' JSON schema): one tool
+# call or a short answer, as the student's own replies (intelligence.max_tokens, 256 by
+# default). A local teacher writes ~10 tokens/s on 2 cores (Qwen2.5-Coder-1.5B), and a
+# re-run is several replies.
+RERUN_REPLY_TOKENS = 512
+
+
 def teacher_rerun(
     *, teacher: BaseChatModel, meter: Any, spec: Spec, settings: Settings, benchmark: Benchmark
 ):
     """The `rerun` callable for teacher_diagnosis: task id -> did the teacher succeed."""
+    bounded = bound_reply_tokens(teacher, RERUN_REPLY_TOKENS)
 
     async def rerun(tasks: list[Task]) -> dict[str, bool]:
-        model = MeteredChatModel(inner=teacher, meter=meter)
+        model = MeteredChatModel(
+            inner=bounded,
+            meter=meter,
+            max_output_tokens=max_output_tokens(bounded, default=RERUN_REPLY_TOKENS),
+        )
         result = await evaluate(spec, settings, benchmark, tasks, student=lambda _spec: model)
         return {o.task_id: o.success for o in result.outcomes}
 

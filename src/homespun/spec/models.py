@@ -558,8 +558,8 @@ class GateSpec(_Strict):
         gt=0.0,
         lt=0.5,
         description="Paired rule: one-sided level of the target cluster's test; an edit that "
-        "changes nothing is accepted at most this often. A cluster needs at least "
-        "log2(1/alpha) gate tasks (5 at 0.05) before any edit can pass.",
+        "changes nothing is accepted at most this often, whatever each task's success "
+        "chance. A cluster needs at least 3 gate tasks at 0.05 before any edit can pass.",
     )
     regression_alpha: float = Field(
         0.05,
@@ -641,7 +641,8 @@ class RewardSpec(_Strict):
 class LearningSpec(_Strict):
     teacher: str = Field(
         "",
-        description="LangChain model id of the teacher, e.g. 'anthropic:claude-opus-4-6'; "
+        description="LangChain model id of the teacher, e.g. 'anthropic:claude-opus-4-6', or "
+        "'embedded:NAME' for a catalog model or .gguf file run in-process; "
         "empty uses the rule-based diagnoser and the random proposer.",
     )
     proposer: Literal["llm", "random", "evolutionary"] = "random"

@@ -25,6 +25,10 @@ _ADDED_SESSION_COLUMNS: dict[str, type] = {
     "test_score_after": float,  # ... and at the end of the session
     "test_tasks": int,  # size of the test split: 0 when the session had none
 }
+_ADDED_COST_COLUMNS: dict[str, type] = {
+    "calls": int,  # teacher calls in the row: a local teacher's are free but still counted
+    "seconds": float,  # their wall time
+}
 
 
 @dataclass
@@ -117,6 +121,7 @@ class LearningStore:
                 },
             )
         self._add_columns("sessions", _ADDED_SESSION_COLUMNS)
+        self._add_columns("costs", _ADDED_COST_COLUMNS)
 
     def _add_columns(self, table: str, columns: dict[str, type]) -> None:
         existing = set(self.db[table].columns_dict)
@@ -265,7 +270,16 @@ class LearningStore:
     # ------------------------------------------------------------------ costs
 
     def add_cost(
-        self, sid: str, *, kind: str, model: str, input_tokens: int, output_tokens: int, usd: float
+        self,
+        sid: str,
+        *,
+        kind: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        usd: float,
+        calls: int = 0,
+        seconds: float = 0.0,
     ) -> None:
         self.db["costs"].insert(
             {
@@ -276,6 +290,8 @@ class LearningStore:
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "usd": usd,
+                "calls": calls,
+                "seconds": seconds,
             }
         )
         total = self.session_cost(sid)
@@ -290,6 +306,19 @@ class LearningStore:
             )
         )
         return float(row["s"])
+
+    def teacher_usage(self, sid: str) -> tuple[int, float]:
+        """(teacher calls, their seconds) recorded for a session."""
+        row = next(
+            iter(
+                self.db.query(
+                    "select coalesce(sum(calls), 0) as n, coalesce(sum(seconds), 0) as s "
+                    "from costs where session_id = ?",
+                    [sid],
+                )
+            )
+        )
+        return int(row["n"]), float(row["s"])
 
     def total_cost(self) -> float:
         row = next(iter(self.db.query("select coalesce(sum(usd), 0) as s from costs")))

@@ -44,6 +44,7 @@ from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field, ValidationError
 
 from homespun.engines.cost import max_output_tokens, metered_call
+from homespun.engines.providers import bound_reply_tokens
 from homespun.learning.privacy import eligible_traces, scrub_text
 from homespun.learning.tasks import Grade, SimpleEnvironment, Task
 from homespun.spec import Settings, Spec
@@ -71,6 +72,10 @@ __all__ = [
 MIN_TRACES = 20  # fewer traces of real use in total: "Not enough traces yet", no session
 MIN_HIGH_FEEDBACK = 10  # fewer eligible high-feedback traces: diagnosis only, no gate
 BATCH_SIZE = 10  # queries per teacher call
+# The bound on a reply per query in it, where the teacher allows one (`bound_reply_tokens`:
+# a local teacher decoding under the tool's JSON schema): a concise gold answer and a few
+# key phrases. A local teacher writes ~10 tokens/s on 2 cores (Qwen2.5-Coder-1.5B).
+GOLD_REPLY_TOKENS_PER_QUERY = 160
 SUBMIT_TOOL = "submit_gold_answers"
 EVAL_SOURCE_PREFIX = "eval:"  # traces of evaluation runs, not of the user
 
@@ -320,6 +325,7 @@ async def _ask_teacher(
     teacher: BaseChatModel, meter: Any, queries: list[str], counts: _Counts
 ) -> dict[int, GoldAnswer]:
     tool = _submit_tool()
+    teacher = bound_reply_tokens(teacher, GOLD_REPLY_TOKENS_PER_QUERY * max(1, len(queries)))
     bound = teacher.bind_tools([tool], tool_choice=SUBMIT_TOOL)
     reply = await metered_call(
         meter,

@@ -19,7 +19,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.utils.json_schema import dereference_refs
 from pydantic import TypeAdapter, ValidationError
 
+from homespun.engines.cost import max_output_tokens as model_max_output_tokens
 from homespun.engines.cost import metered_call
+from homespun.engines.providers import bound_reply_tokens
 from homespun.learning.clusters import Cluster, Diagnosis
 from homespun.spec import Spec
 from homespun.spec.edits import (
@@ -259,6 +261,14 @@ def build_messages(
 # --------------------------------------------------------------------------- teacher call
 
 
+def proposals_reply_tokens(max_proposals: int) -> int:
+    """The bound on a submit_proposals reply: a proposal (cluster id, a sentence of
+    rationale, a few ops, perhaps a prompt patch) is under ~300 tokens of JSON. Sized to the
+    JSON because a local teacher writes it at ~10 tokens/s on 2 cores (Qwen2.5-Coder-1.5B):
+    four proposals, 1,408 tokens, are two minutes at most, not the seven of 4096."""
+    return 128 + 320 * max(1, max_proposals)
+
+
 async def call_teacher(
     ctx: ProposerContext,
     messages: list[BaseMessage],
@@ -268,13 +278,16 @@ async def call_teacher(
     max_output_tokens: int,
 ) -> AIMessage:
     """One teacher call forced to `tool`, through `metered_call` on `ctx.meter`
-    (BudgetExceeded from its check propagates and no call is made)."""
+    (BudgetExceeded from its check propagates and no call is made). The reply is bounded at
+    `max_output_tokens` where the teacher allows it (`bound_reply_tokens`: a local one whose
+    reply is decoded under the tool's JSON schema); the meter's estimate is the bound the
+    teacher really has."""
     assert ctx.teacher is not None
     name = tool["function"]["name"]
-    model = ctx.teacher.bind_tools([tool], tool_choice=name)
-    reply = await metered_call(
-        ctx.meter, model, messages, tools=[tool], max_output_tokens=max_output_tokens
-    )
+    bounded = bound_reply_tokens(ctx.teacher, max_output_tokens)
+    model = bounded.bind_tools([tool], tool_choice=name)
+    estimate = model_max_output_tokens(bounded, default=max_output_tokens)
+    reply = await metered_call(ctx.meter, model, messages, tools=[tool], max_output_tokens=estimate)
     report.teacher_calls += 1
     return reply
 
@@ -361,13 +374,22 @@ def parse_proposals(
 
 
 class LLMProposer:
-    """The teacher proposes compound edits per cluster, one capped call per session."""
+    """The teacher proposes compound edits per cluster, one capped call per session.
+
+    A reply with no usable proposal at all (no submit_proposals call, JSON cut off, every
+    op invalid) is asked again once, with the problems listed (`invalid_retries`); if the
+    retry gives none either, the session gets no proposal from it and `last_report` says
+    why. `max_calls` > 1 also asks again when a reply gave some but fewer than the cap.
+    """
 
     name = "llm"
 
-    def __init__(self, max_calls: int = 1, max_output_tokens: int = 4096) -> None:
+    def __init__(
+        self, max_calls: int = 1, max_output_tokens: int | None = None, invalid_retries: int = 1
+    ) -> None:
         self.max_calls = max_calls
-        self.max_output_tokens = max_output_tokens
+        self.max_output_tokens = max_output_tokens  # None: proposals_reply_tokens(the cap)
+        self.invalid_retries = invalid_retries
         self.last_report = ProposerReport(proposer=self.name)
 
     async def propose(self, ctx: ProposerContext) -> list[Proposal]:
@@ -382,19 +404,20 @@ class LLMProposer:
         op_names = available_ops(ctx.spec)
         cluster_ids = [c.id for c in clusters_by_failure(ctx.diagnosis)]
         tool = submit_proposals_tool(cluster_ids, op_names, ctx.max_proposals)
-        messages = build_messages(ctx, op_names, ctx.max_proposals)
+        first = messages = build_messages(ctx, op_names, ctx.max_proposals)
+        max_out = self.max_output_tokens or proposals_reply_tokens(ctx.max_proposals)
         out: list[Proposal] = []
-        for _ in range(self.max_calls):
-            reply = await call_teacher(
-                ctx, messages, tool, report, max_output_tokens=self.max_output_tokens
-            )
+        calls = retries = 0
+        while True:
+            reply = await call_teacher(ctx, messages, tool, report, max_output_tokens=max_out)
             args = tool_args(reply, SUBMIT_PROPOSALS)
             dropped_before = len(report.dropped)
+            got: list[Proposal] = []
             if args is None:
                 report.notes.append(f"the teacher did not call {SUBMIT_PROPOSALS}")
             else:
                 # What this call proposed counts as history for a later call's repeats.
-                out += parse_proposals(
+                got = parse_proposals(
                     args,
                     _with_history(ctx, out),
                     op_names,
@@ -402,12 +425,24 @@ class LLMProposer:
                     report,
                     ctx.max_proposals - len(out),
                 )
+            out += got
             if len(out) >= ctx.max_proposals:
                 break
-            # Only when max_calls > 1: tell the teacher what went wrong with its reply.
+            if not got and retries < self.invalid_retries:
+                retries += 1  # an invalid reply is asked again without using up a call
+            elif calls + 1 < self.max_calls:
+                calls += 1
+            else:
+                if not got and not out:
+                    report.notes.append(
+                        f"no valid proposal in {report.teacher_calls} teacher repl"
+                        f"{'y' if report.teacher_calls == 1 else 'ies'}"
+                    )
+                break
+            # Tell the teacher what went wrong with its reply.
             problems = report.dropped[dropped_before:] or report.notes[-1:]
             messages = [
-                *messages[:2],
+                *first[:2],
                 HumanMessage(
                     content=(
                         "Your previous reply gave too few usable proposals. Problems:\n"
